@@ -1,0 +1,164 @@
+"""Service settings: one object, read from CRM_* environment variables, every field defaulted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _all_cpus() -> str:
+    """The cores this process may use, as vLLM's VLLM_CPU_OMP_THREADS_BIND list (e.g. "0-1")."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    return ",".join(str(c) for c in cpus)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway and its engines can be configured with (env prefix CRM_)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    # --- server
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    log_level: str = Field("info", description="Python log level for the service loggers.")
+
+    # --- checkpoint
+    checkpoint_root: Path = Field(
+        Path("checkpoints"),
+        description="Checkpoint root holding versions/ and the current pointer.",
+    )
+    model_version: str | None = Field(
+        None, description="Serve this version instead of the one `current` points to."
+    )
+    verify_hashes: bool = Field(True, description="Check sha256 of every weight file on load.")
+
+    # --- engines
+    generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
+    scorer_backend: Literal["vllm", "torch"] = Field(
+        "vllm", description="Reward scorer engine: vLLM pooling, or the torch reference scorer."
+    )
+    generator_dtype: str = Field(
+        "bfloat16",
+        description="Generator weights/activations dtype (auto, bfloat16, float32, ...).",
+    )
+    scorer_dtype: str = Field(
+        "float32",
+        description="Scorer dtype; float32 keeps rewards equal to the trainer's reference scorer.",
+    )
+    max_model_len: int = Field(
+        2048, ge=64, description="Context length for both engines (prompt + response + critique)."
+    )
+    kv_cache_gib: float = Field(
+        2.0, gt=0, description="KV cache size per engine on CPU (GiB); ignored on GPU."
+    )
+    gpu_memory_utilization: float = Field(
+        0.4, gt=0, le=0.95, description="GPU memory fraction per engine (two engines share a GPU)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree on GPU nodes.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs / torch.compile.")
+    cpu_threads_bind: str = Field(
+        default_factory=_all_cpus,
+        description="Cores the CPU engines bind to (VLLM_CPU_OMP_THREADS_BIND); vLLM's own "
+        "default binds one core only.",
+    )
+    max_num_seqs: int = Field(256, ge=1, description="Max sequences an engine runs at once.")
+
+    # --- request limits
+    max_items_per_request: int = Field(512, ge=1, description="Items allowed in one /score call.")
+    max_num_critiques: int = Field(16, ge=1, description="Largest m (num_critiques, n) accepted.")
+    max_critique_tokens: int = Field(
+        512, ge=1, description="Largest max_critique_tokens a request may ask for."
+    )
+    max_temperature: float = Field(2.0, gt=0, description="Largest temperature accepted.")
+
+    # --- micro-batcher
+    batch_max_items: int = Field(64, ge=1, description="Items per engine batch.")
+    batch_max_tokens: int = Field(
+        262144, ge=1, description="Token budget per engine batch (prompt + critique tokens x m)."
+    )
+    batch_max_wait_ms: float = Field(
+        10.0, ge=0, description="How long the first item of a batch waits for company."
+    )
+
+    # --- admission control
+    max_queue_items: int = Field(
+        4096, ge=1, description="Items allowed to wait for the batcher; beyond it, 429."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Default per-request deadline (X-Request-Timeout overrides); 504."
+    )
+    max_request_timeout_s: float = Field(
+        3600.0, gt=0, description="Largest deadline a request may ask for."
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Request body limit; 413.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys accepted on scoring routes (comma-separated); empty: open.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one accepted API key per line (added to api_keys)."
+    )
+    admin_api_key: str | None = Field(None, description="Bearer key for /admin/* routes.")
+
+    # --- hot reload and shutdown
+    reload_poll_s: float = Field(
+        5.0, ge=0, description="How often to check the root's `current` pointer (0: never)."
+    )
+    reload_channel: str = Field(
+        "critic-rm:reload", description="Redis channel on which replicas announce reloads."
+    )
+    health_interval_s: float = Field(
+        5.0, ge=0, description="How often to check that the engine processes are alive (0: never)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+
+    # --- cache
+    redis_url: str | None = Field(None, description="Redis URL for the shared result cache.")
+    redis_timeout_s: float = Field(0.25, gt=0, description="Per-operation Redis timeout.")
+    cache_ttl_s: int = Field(86400, ge=1, description="Result TTL in Redis.")
+    cache_max_entries: int = Field(100_000, ge=0, description="In-process LRU size (0 disables).")
+
+    # --- start-up
+    warmup: bool = Field(True, description="Run a real request through both engines before ready.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    def scoring_keys(self) -> list[str]:
+        """Accepted scoring keys: api_keys plus the lines of api_keys_file (read on each call,
+        so a mounted Secret can be rotated without a restart)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
+        return keys
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved settings for the start-up log, with secrets masked."""
+        data = self.model_dump(mode="json")
+        if data.get("redis_url"):
+            data["redis_url"] = _mask_url(data["redis_url"])
+        data["api_keys"] = [f"***{len(data['api_keys'])} keys"] if data["api_keys"] else []
+        if data.get("admin_api_key"):
+            data["admin_api_key"] = "***"
+        return data
+
+
+def _mask_url(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -1,0 +1,1 @@
+"""Critic-RM trainer: critique sampling, filtering, refinement, joint training, export."""
