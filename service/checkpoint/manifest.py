@@ -1,0 +1,90 @@
+"""The checkpoint contract shared by the service and the trainer: what a version's manifest holds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+READY_FILE = "READY"
+GENERATOR_DIR = "generator"
+SCORER_DIR = "scorer"
+REWARD_HEAD_FILE = "reward_head.safetensors"
+REWARD_HEAD_KEY = "score.weight"
+
+
+class Templates(BaseModel):
+    """How (prompt x, response y, critique z) become engine inputs.
+
+    Generator input: the tokenizer's chat template over [system, user] built from these strings.
+    Scorer input: chat(x + [assistant: y]) + critique_prefix + z + critique_suffix + reward token,
+    or chat(x + [assistant: y]) + reward token when no critique is used (m = 0).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    critique_system: str = (
+        "You are a strict reviewer of AI assistant answers. You check facts, reasoning, code and "
+        "whether the answer follows the user's instructions."
+    )
+    critique_user: str = (
+        "Review the assistant's response to the conversation below. Point out concrete errors, "
+        "missing parts and instruction violations, then say whether the response is good.\n\n"
+        "[Conversation]\n{conversation}\n\n[Response]\n{response}"
+    )
+    critique_prefix: str = "\nCritique:\n"
+    critique_suffix: str = "\n"
+
+    def digest(self) -> str:
+        """Stable short hash, part of every cache key."""
+        blob = json.dumps(self.model_dump(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SamplingDefaults(BaseModel):
+    """Per-checkpoint defaults for critique sampling; requests may override within limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_critiques: int = Field(4, ge=0)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_critique_tokens: int = Field(64, ge=1)
+
+
+class RewardStats(BaseModel):
+    """Reward mean/std on the trainer's validation data, for clients that normalise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: float
+    std: float
+
+
+class Manifest(BaseModel):
+    """manifest.json of one checkpoint version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    model_version: str
+    base_model: str
+    created_at: str
+    templates: Templates = Templates()
+    reward_token: str = "<|endoftext|>"
+    sampling: SamplingDefaults = SamplingDefaults()
+    reward_stats: RewardStats | None = None
+    reward_head_trained: bool = False
+    generator_dir: str = GENERATOR_DIR
+    scorer_dir: str = SCORER_DIR
+    files: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of every weight file, by path in the version."
+    )
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation results.")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
