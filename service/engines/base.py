@@ -1,0 +1,56 @@
+"""The two engine interfaces the pipeline talks to; implementations live beside this file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample the critiques of one item."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Critique:
+    """One sampled critique."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class EngineStats:
+    """Token counters an engine reports for one call (prefix-cache hits included)."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+class CritiqueGenerator(Protocol):
+    """LM head: samples critiques. One engine request per item with n=m (one prefill)."""
+
+    async def generate(
+        self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
+    ) -> tuple[list[list[Critique]], EngineStats]: ...
+
+    async def check_health(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class RewardScorer(Protocol):
+    """Reward head: the raw reward at the last token of each sequence."""
+
+    async def score(self, sequences: Sequence[list[int]]) -> tuple[list[float], EngineStats]: ...
+
+    async def check_health(self) -> None: ...
+
+    def shutdown(self) -> None: ...

@@ -1,0 +1,176 @@
+"""vLLM engines: an AsyncLLM generator over the generator view, an AsyncLLM pooling engine over
+the scorer view. Both run their engine core in a child process; only light async bookkeeping
+happens on the gateway's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.engines.base import Critique, EngineStats, SamplingSpec
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+GiB = 1 << 30
+
+
+def configure_cpu_env(settings: Settings) -> None:
+    """vLLM-CPU reads these at engine start: bind OpenMP to every allowed core (its default binds
+    one core and reserves the rest, halving throughput on small machines)."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", settings.cpu_threads_bind)
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # With torch >= 2.12 vLLM 0.32 saves its compiled model as a "mega AOT artifact" that it then
+    # fails to load on CPU ("'function' object has no attribute 'finalize_loading'"), so every
+    # start recompiled (~45 s per engine). The classic Inductor cache loads fine: 56 s -> 25 s.
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def engine_args(model: Path, settings: Settings, *, pooling: bool) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": str(model),
+        "dtype": settings.scorer_dtype if pooling else settings.generator_dtype,
+        "max_model_len": settings.max_model_len,
+        "enable_prefix_caching": True,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "enforce_eager": settings.enforce_eager,
+        "max_num_seqs": settings.max_num_seqs,
+        "seed": 0,
+    }
+    if pooling:
+        kwargs["runner"] = "pooling"
+    if _on_cpu():
+        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GiB)
+    else:
+        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    return AsyncEngineArgs(**kwargs)
+
+
+async def _run_all(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run requests concurrently; if one fails, cancel (and so abort) the rest."""
+    tasks = [asyncio.ensure_future(call()) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _last(stream: AsyncIterator[T]) -> T:
+    final: T | None = None
+    async for out in stream:
+        final = out
+    if final is None:
+        raise RuntimeError("engine returned no output")
+    return final
+
+
+class VllmCritiqueGenerator:
+    """Critique sampling on a vLLM AsyncLLM: one request per item, n=m, FINAL_ONLY outputs."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    @classmethod
+    def load(cls, model: Path, settings: Settings) -> VllmCritiqueGenerator:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return cls(AsyncLLM.from_engine_args(engine_args(model, settings, pooling=False)))
+
+    async def generate(
+        self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
+    ) -> tuple[list[list[Critique]], EngineStats]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        stats = EngineStats()
+
+        async def one(ids: list[int], spec: SamplingSpec) -> list[Critique]:
+            # No per-request seed: on vLLM-CPU it kills the worker ("CPU Generator does not
+            # use offset"); sampling uses the engine's seeded generator instead.
+            params = SamplingParams(
+                n=spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=spec.max_tokens,
+                skip_special_tokens=True,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            out = await _last(
+                self.engine.generate(
+                    TokensPrompt(prompt_token_ids=ids), params, request_id=f"gen-{uuid.uuid4()}"
+                )
+            )
+            stats.prompt_tokens += len(ids)
+            stats.cached_prompt_tokens += out.num_cached_tokens or 0
+            return [
+                Critique(c.text.strip(), len(c.token_ids), c.finish_reason or "stop")
+                for c in out.outputs
+            ]
+
+        calls = [functools.partial(one, i, s) for i, s in zip(prompts, specs, strict=True)]
+        return await _run_all(calls), stats
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class VllmRewardScorer:
+    """Reward scoring on a vLLM pooling AsyncLLM: raw classify output (no activation) at the last
+    token; all sequences of a batch are submitted at once so the scheduler batches them and the
+    prefix cache shares each item's [x; y] across its m critiques."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    @classmethod
+    def load(cls, model: Path, settings: Settings) -> VllmRewardScorer:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return cls(AsyncLLM.from_engine_args(engine_args(model, settings, pooling=True)))
+
+    async def score(self, sequences: Sequence[list[int]]) -> tuple[list[float], EngineStats]:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        stats = EngineStats()
+
+        async def one(ids: list[int]) -> float:
+            params = PoolingParams(task="classify", use_activation=False)
+            out = await _last(
+                self.engine.encode(
+                    TokensPrompt(prompt_token_ids=ids), params, request_id=f"score-{uuid.uuid4()}"
+                )
+            )
+            stats.prompt_tokens += len(ids)
+            stats.cached_prompt_tokens += getattr(out, "num_cached_tokens", 0) or 0
+            return float(out.outputs.data.reshape(-1)[0])
+
+        return await _run_all([functools.partial(one, s) for s in sequences]), stats
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
