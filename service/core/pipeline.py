@@ -1,0 +1,168 @@
+"""One engine batch: sample m critiques per item (one request, n=m), then score every
+[x; y; z_j; reward token] of the batch together, then average per item."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import groupby
+
+from service.core.aggregate import mean_and_std
+from service.core.batcher import BatchInfo
+from service.core.formatting import EncodedItem
+from service.engines.base import Critique, SamplingSpec
+from service.engines.factory import ModelRuntime
+from service.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item to compute, bound to the runtime (model version) that encoded it."""
+
+    runtime: ModelRuntime
+    encoded: EncodedItem
+    spec: SamplingSpec
+
+    @property
+    def cost(self) -> int:
+        """Token budget estimate for batching: prompts plus everything sampled and scored."""
+        n = self.spec.n
+        gen = len(self.encoded.critique_prompt) + n * self.spec.max_tokens if n else 0
+        score = max(n, 1) * (len(self.encoded.score_prefix) + self.spec.max_tokens)
+        return gen + score
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The computed result of one item (cacheable as JSON)."""
+
+    reward: float
+    critique_rewards: list[float]
+    reward_std: float
+    critiques: list[Critique]
+    prompt_tokens: int
+    critique_tokens: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "reward": self.reward,
+            "critique_rewards": self.critique_rewards,
+            "reward_std": self.reward_std,
+            "critiques": [[c.text, c.num_tokens, c.finish_reason] for c in self.critiques],
+            "prompt_tokens": self.prompt_tokens,
+            "critique_tokens": self.critique_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ItemResult:
+        critiques = [Critique(str(t), int(n), str(f)) for t, n, f in data["critiques"]]  # type: ignore[attr-defined]
+        return cls(
+            reward=float(data["reward"]),  # type: ignore[arg-type]
+            critique_rewards=[float(r) for r in data["critique_rewards"]],  # type: ignore[attr-defined]
+            reward_std=float(data["reward_std"]),  # type: ignore[arg-type]
+            critiques=critiques,
+            prompt_tokens=int(data["prompt_tokens"]),  # type: ignore[call-overload]
+            critique_tokens=int(data["critique_tokens"]),  # type: ignore[call-overload]
+        )
+
+
+class BatchPipeline:
+    """The batcher's processor: runs each model version's share of a batch on its engines."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.batch_seconds_ewma: float | None = None
+
+    async def __call__(
+        self, items: list[WorkItem], info: BatchInfo
+    ) -> list[ItemResult | BaseException]:
+        for wait in info.queue_waits:
+            self.metrics.queue_wait_seconds.observe(wait)
+        self.metrics.batch_size.observe(len(items))
+        t0 = time.perf_counter()
+        results: list[ItemResult | BaseException] = []
+        # Items keep their order; consecutive items of one version run together, and a failure
+        # of one version's engines fails only that version's items.
+        for runtime, group in groupby(items, key=lambda w: w.runtime):
+            share = list(group)
+            try:
+                with runtime.use():
+                    results.extend(await self.run(runtime, share))
+            except Exception as exc:
+                log.exception(
+                    "engine batch of %d items on %s failed", len(share), runtime.model_version
+                )
+                results.extend([exc] * len(share))
+        elapsed = time.perf_counter() - t0
+        prev = self.batch_seconds_ewma
+        self.batch_seconds_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
+        return results
+
+    async def run(self, runtime: ModelRuntime, items: Sequence[WorkItem]) -> list[ItemResult]:
+        m = self.metrics
+        sampled = [i for i, w in enumerate(items) if w.spec.n > 0]
+        critiques: dict[int, list[Critique]] = {}
+        if sampled:
+            t0 = time.perf_counter()
+            try:
+                outs, stats = await runtime.generator.generate(
+                    [items[i].encoded.critique_prompt for i in sampled],
+                    [items[i].spec for i in sampled],
+                )
+            except Exception:
+                m.engine_errors.labels(stage="generate").inc()
+                raise
+            m.generate_seconds.observe(time.perf_counter() - t0)
+            m.prompt_tokens.labels("generator", "total").inc(stats.prompt_tokens)
+            m.prompt_tokens.labels("generator", "cached").inc(stats.cached_prompt_tokens)
+            critiques = dict(zip(sampled, outs, strict=True))
+
+        def build() -> list[list[int]]:
+            seqs: list[list[int]] = []
+            for i, w in enumerate(items):
+                prefix = w.encoded.score_prefix
+                if i in critiques:
+                    seqs.extend(runtime.formatter.score_ids(prefix, c.text) for c in critiques[i])
+                else:
+                    seqs.append(runtime.formatter.score_ids(prefix, None))
+            return seqs
+
+        sequences = await asyncio.to_thread(build)
+        m.batch_sequences.observe(len(sequences))
+        t0 = time.perf_counter()
+        try:
+            rewards, stats = await runtime.scorer.score(sequences)
+        except Exception:
+            m.engine_errors.labels(stage="score").inc()
+            raise
+        m.score_seconds.observe(time.perf_counter() - t0)
+        m.prompt_tokens.labels("scorer", "total").inc(stats.prompt_tokens)
+        m.prompt_tokens.labels("scorer", "cached").inc(stats.cached_prompt_tokens)
+
+        results: list[ItemResult] = []
+        pos = 0
+        for i, w in enumerate(items):
+            crits = critiques.get(i, [])
+            k = max(len(crits), 1)
+            item_rewards = rewards[pos : pos + k]
+            pos += k
+            mean, std = mean_and_std(item_rewards)
+            n_tokens = sum(c.num_tokens for c in crits)
+            m.critiques.inc(len(crits))
+            m.critique_tokens.inc(n_tokens)
+            results.append(
+                ItemResult(
+                    reward=mean,
+                    critique_rewards=list(item_rewards) if crits else [],
+                    reward_std=std,
+                    critiques=crits,
+                    prompt_tokens=len(w.encoded.score_prefix),
+                    critique_tokens=n_tokens,
+                )
+            )
+        return results

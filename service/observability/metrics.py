@@ -1,0 +1,117 @@
+"""Prometheus metrics, all named critic_rm_*, with explicit buckets, on one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Geometric buckets: 1 ms .. ~262 s for latencies, powers of two for sizes.
+SECONDS = tuple(0.001 * 2**i for i in range(19))
+SIZES = tuple(float(2**i) for i in range(13))
+REWARDS = tuple(float(x) / 2 for x in range(-20, 21))
+
+
+class Metrics:
+    """Every metric the service exports; created per app so tests can build several apps."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "critic_rm_request_duration_seconds",
+            "HTTP request latency by route and status code.",
+            ["route", "status"],
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "critic_rm_requests",
+            "HTTP requests by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_failures = Counter(
+            "critic_rm_request_failures",
+            "Requests refused or failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.items = Counter(
+            "critic_rm_items",
+            "Items scored, by whether they came from the cache.",
+            ["cached"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "critic_rm_batch_size", "Items per engine batch.", buckets=SIZES, registry=r
+        )
+        self.batch_sequences = Histogram(
+            "critic_rm_batch_sequences",
+            "Sequences sent to the scorer per batch (items x max(m, 1)).",
+            buckets=SIZES,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "critic_rm_queue_depth", "Items waiting for the micro-batcher.", registry=r
+        )
+        self.queue_wait_seconds = Histogram(
+            "critic_rm_queue_wait_seconds",
+            "Time an item waits before its batch starts.",
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.generate_seconds = Histogram(
+            "critic_rm_generate_seconds",
+            "Critique generation time per batch.",
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.score_seconds = Histogram(
+            "critic_rm_score_seconds", "Reward scoring time per batch.", buckets=SECONDS, registry=r
+        )
+        self.critiques = Counter("critic_rm_critiques", "Critiques generated.", registry=r)
+        self.critique_tokens = Counter(
+            "critic_rm_critique_tokens", "Critique tokens generated.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "critic_rm_prompt_tokens",
+            "Prompt tokens sent to an engine, and how many the prefix cache served.",
+            ["engine", "kind"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "critic_rm_cache_hits", "Result cache hits.", ["backend"], registry=r
+        )
+        self.cache_misses = Counter(
+            "critic_rm_cache_misses", "Result cache misses.", ["backend"], registry=r
+        )
+        self.cache_errors = Counter(
+            "critic_rm_cache_errors",
+            "Result cache operations that failed (fail-open).",
+            ["op"],
+            registry=r,
+        )
+        self.reward = Histogram(
+            "critic_rm_reward",
+            "Rewards returned (mean over critiques).",
+            buckets=REWARDS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "critic_rm_model_info",
+            "The model version being served (value 1).",
+            ["model_version", "base_model", "reward_head_trained"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "critic_rm_reloads",
+            "Model loads and reloads, by result (ok, failed, unchanged).",
+            ["result"],
+            registry=r,
+        )
+        self.engine_errors = Counter(
+            "critic_rm_engine_errors", "Engine batches that failed.", ["stage"], registry=r
+        )
+
+    def set_model(self, model_version: str, base_model: str, trained: bool) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_version, base_model, str(trained).lower()).set(1)
