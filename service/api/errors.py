@@ -1,0 +1,128 @@
+"""JSON errors that name the offending field: {"error": {"code", "message", "field"}}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.errors import (
+    DeadlineExceeded,
+    EngineFailure,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    ReloadFailed,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AuthError(Exception):
+    """401 (no credentials) or 403 (credentials not valid for this route)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _printable(text: str) -> str:
+    """Messages may echo client input; lone surrogates cannot be encoded as UTF-8 JSON."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": _printable(message)}
+    if field is not None:
+        body["field"] = _printable(field)
+    return JSONResponse({"error": body}, status_code=status, headers=headers or None)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """('body', 'items', 3, 'prompt') -> 'items[3].prompt'."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[ChatMessage]"):
+            continue  # union branch names pydantic adds to the location
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "invalid_json", f"malformed JSON: {first['msg']}", "body")
+        field = field_path(first.get("loc", ("body",)))
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        extra = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        return error_response(422, "invalid_request", f"{field}: {msg}{extra}", field)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_req: Request, exc: InvalidRequest) -> JSONResponse:
+        return error_response(
+            exc.status, "invalid_request", f"{exc.field}: {exc.message}", exc.field
+        )
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_req: Request, exc: NotReady) -> JSONResponse:
+        return error_response(503, "not_ready", str(exc), None, **{"Retry-After": "5"})
+
+    @app.exception_handler(EngineFailure)
+    async def _engine(_req: Request, exc: EngineFailure) -> JSONResponse:
+        return error_response(503, "engine_error", str(exc), None, **{"Retry-After": "1"})
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(
+            429, "overloaded", str(exc), None, **{"Retry-After": str(exc.retry_after_s)}
+        )
+
+    @app.exception_handler(ReloadFailed)
+    async def _reload_failed(_req: Request, exc: ReloadFailed) -> JSONResponse:
+        return error_response(503, "reload_failed", str(exc))
+
+    @app.exception_handler(DeadlineExceeded)
+    async def _deadline(_req: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return error_response(504, "deadline_exceeded", str(exc))
+
+    @app.exception_handler(AuthError)
+    async def _auth(_req: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return error_response(
+            exc.status,
+            "unauthorized" if exc.status == 401 else "forbidden",
+            exc.message,
+            None,
+            **headers,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        field = "body" if exc.status_code == 413 else None
+        headers = dict(exc.headers or {})  # e.g. Allow on a 405
+        return error_response(exc.status_code, code, str(exc.detail), field, **headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
