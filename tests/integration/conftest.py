@@ -1,0 +1,166 @@
+"""One real gateway (vLLM generator + vLLM pooling scorer over the bootstrapped SmolLM2
+checkpoint, Redis cache) started once per test session in a subprocess, reached over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.core.formatting import PromptFormatter
+from service.engines.factory import load_formatter
+from service.settings import Settings
+
+MAX_MODEL_LEN = 1024
+START_TIMEOUT_S = float(os.environ.get("CRM_TEST_START_TIMEOUT_S", "900"))
+
+
+@dataclass
+class LiveServer:
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self, timeout: float = 300.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def publish_variant(root: CheckpointRoot, base: CheckpointVersion, seed: int) -> str:
+    """Another version of `base` with a different reward head; backbone files hard-linked."""
+    from safetensors.torch import save_file
+
+    from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY
+    from service.checkpoint.views import init_reward_head, version_id, weight_hashes
+
+    staging = root.staging_dir()
+    shutil.copytree(base.generator_path, staging / "generator", copy_function=os.link)
+    shutil.copytree(base.scorer_path, staging / "scorer", symlinks=True, copy_function=shutil.copy2)
+    head_file = staging / "scorer" / REWARD_HEAD_FILE
+    hidden = json.loads((staging / "generator" / "config.json").read_text())["hidden_size"]
+    head_file.unlink()
+    save_file({REWARD_HEAD_KEY: init_reward_head(hidden, 0.02, seed=seed)}, str(head_file))
+    files = weight_hashes(staging)
+    manifest = base.manifest.model_copy(
+        update={
+            "model_version": version_id(
+                f"variant-{seed}", files, base.manifest.templates, base.manifest.reward_token
+            ),
+            "files": files,
+        }
+    )
+    root.publish(staging, manifest, make_current=False)
+    return manifest.model_version
+
+
+@pytest.fixture(scope="session")
+def serving_root(checkpoint_root: Path) -> Iterator[CheckpointRoot]:
+    """A private checkpoint root holding the default version (hard links, no copy), so tests
+    can publish and switch versions without touching the user's root."""
+    root = CheckpointRoot(checkpoint_root / ".test-roots" / uuid.uuid4().hex)
+    base = CheckpointRoot(checkpoint_root).resolve(verify_hashes=False)
+    shutil.copytree(
+        base.path,
+        root.version_path(base.manifest.model_version),
+        symlinks=True,
+        copy_function=os.link,
+    )
+    root.set_current(base.manifest.model_version)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    serving_root: CheckpointRoot, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    checkpoint_root = serving_root.root
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        **os.environ,
+        "CRM_CHECKPOINT_ROOT": str(checkpoint_root),
+        "CRM_HOST": "127.0.0.1",
+        "CRM_PORT": str(port),
+        "CRM_REDIS_URL": redis_url,
+        "CRM_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+        "CRM_KV_CACHE_GIB": "1",
+        "CRM_SCORER_DTYPE": "float32",
+        "CRM_MAX_ITEMS_PER_REQUEST": "512",
+        "CRM_RELOAD_POLL_S": "0.5",
+        "CRM_DRAIN_TIMEOUT_S": "60",
+    }
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", log, proc)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        with server.client(timeout=5) as c:
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited with {proc.returncode}:\n{server.log_tail()}")
+                try:
+                    r = c.get("/ready")
+                    if r.status_code == 200:
+                        break
+                    if r.json().get("status") == "failed":
+                        pytest.fail(f"model load failed: {r.json()}\n{server.log_tail()}")
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready after {START_TIMEOUT_S}s:\n{server.log_tail()}")
+                time.sleep(1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def http(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with live_server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def served_version(serving_root: CheckpointRoot) -> CheckpointVersion:
+    return serving_root.resolve(verify_hashes=False)
+
+
+@pytest.fixture(scope="session")
+def formatter(served_version: CheckpointVersion) -> PromptFormatter:
+    return load_formatter(served_version, Settings(max_model_len=MAX_MODEL_LEN))
