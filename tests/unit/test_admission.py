@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,13 @@ def live_fake(checkpoint_root: Path) -> Iterator[tuple[str, FastAPI]]:
         thread.join(timeout=10)
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_client_disconnect_drops_its_queued_work(live_fake: tuple[str, FastAPI]) -> None:
     url, app = live_fake
     gen = app.state.service.runtime.generator
@@ -132,7 +139,7 @@ def test_client_disconnect_drops_its_queued_work(live_fake: tuple[str, FastAPI])
     with httpx.Client(base_url=url, timeout=10) as c:
         first = threading.Thread(target=lambda: c.post("/score", json=req(1)))
         first.start()
-        time.sleep(0.15)  # item 1 is running
+        wait_for(lambda: len(gen.calls) == 1)  # item 1 is running
         host, port = url.removeprefix("http://").split(":")
         body = httpx.Request("POST", f"{url}/score", json=req(2)).read()
         raw = socket.create_connection((host, int(port)))
@@ -141,7 +148,7 @@ def test_client_disconnect_drops_its_queued_work(live_fake: tuple[str, FastAPI])
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        time.sleep(0.15)
+        wait_for(lambda: app.state.service.inflight == 2)  # item 2 is queued
         raw.close()  # gives up while item 2 waits behind item 1
         first.join()
         time.sleep(0.8)
