@@ -45,8 +45,9 @@ class Settings(BaseSettings):
         "vllm", description="Reward scorer engine: vLLM pooling, or the torch reference scorer."
     )
     generator_dtype: str = Field(
-        "bfloat16",
-        description="Generator weights/activations dtype (auto, bfloat16, float32, ...).",
+        "auto",
+        description="Generator dtype; auto: bfloat16 on GPUs and on CPUs with native bf16 "
+        "(AVX512-BF16/AMX), float32 on other CPUs, where bf16 is emulated and 3x slower.",
     )
     scorer_dtype: str = Field(
         "float32",

@@ -30,6 +30,7 @@ from service.api.schemas import (
 from service.checkpoint.store import CheckpointError
 from service.core.errors import InvalidRequest, ReloadFailed
 from service.core.service import RewardService, ScoreOptions
+from service.engines.dtype import generator_dtype
 from service.engines.factory import ModelRuntime
 
 T = TypeVar("T")
@@ -314,7 +315,7 @@ async def info(service: Service) -> dict[str, Any]:
             "max_model_len": s.max_model_len,
         },
         "engines": {
-            "generator": {"backend": s.generator_backend, "dtype": s.generator_dtype},
+            "generator": {"backend": s.generator_backend, "dtype": generator_dtype(s)},
             "scorer": {"backend": s.scorer_backend, "dtype": s.scorer_dtype},
         },
         "batching": {

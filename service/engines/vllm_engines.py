@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.engines.base import Critique, EngineStats, SamplingSpec
+from service.engines.dtype import generator_dtype
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def engine_args(model: Path, settings: Settings, *, pooling: bool) -> Any:
 
     kwargs: dict[str, Any] = {
         "model": str(model),
-        "dtype": settings.scorer_dtype if pooling else settings.generator_dtype,
+        "dtype": settings.scorer_dtype if pooling else generator_dtype(settings),
         "max_model_len": settings.max_model_len,
         "enable_prefix_caching": True,
         "tensor_parallel_size": settings.tensor_parallel_size,
