@@ -132,7 +132,9 @@ class BatchPipeline:
                     seqs.append(runtime.formatter.score_ids(prefix, None))
             return seqs
 
+        t0 = time.perf_counter()
         sequences = await asyncio.to_thread(build)
+        m.stage_seconds.labels("score_inputs").observe(time.perf_counter() - t0)
         m.batch_sequences.observe(len(sequences))
         t0 = time.perf_counter()
         try:

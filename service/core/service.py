@@ -355,7 +355,9 @@ class RewardService:
             raise InvalidRequest(
                 "items", f"at most {self.settings.max_items_per_request} items per request"
             )
+        t0 = time.perf_counter()
         encoded = await asyncio.to_thread(self._encode_all, runtime, items, opts)
+        self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
         spec = SamplingSpec(
             n=opts.num_critiques,
             temperature=opts.temperature,

@@ -68,6 +68,14 @@ class Metrics:
         self.score_seconds = Histogram(
             "critic_rm_score_seconds", "Reward scoring time per batch.", buckets=SECONDS, registry=r
         )
+        self.stage_seconds = Histogram(
+            "critic_rm_stage_seconds",
+            "Host-side stages of a request around the engines: tokenize (per request), "
+            "score_inputs (building the scorer's sequences, per batch).",
+            ["stage"],
+            buckets=SECONDS,
+            registry=r,
+        )
         self.critiques = Counter("critic_rm_critiques", "Critiques generated.", registry=r)
         self.critique_tokens = Counter(
             "critic_rm_critique_tokens", "Critique tokens generated.", registry=r

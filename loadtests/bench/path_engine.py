@@ -1,0 +1,101 @@
+"""Path d, the engine-only ceiling: critic-rm's own vLLM engines called in-process with the whole
+workload at once (all critique requests, then all scoring requests), no HTTP, no batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.bench.measure import Meter, PathRun
+from loadtests.bench.workload import Workload
+from service.engines.base import EngineStats, SamplingSpec
+from service.engines.factory import ModelRuntime, load_runtime
+from service.settings import Settings
+
+
+async def _workload(
+    rt: ModelRuntime, w: Workload, m: int
+) -> tuple[list[dict[str, Any]], dict[str, float], EngineStats]:
+    fmt = rt.formatter
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    encoded = [fmt.encode_item(p.prompt, p.response, w.max_tokens, m) for p in w.pairs]
+    stages["tokenize"] = time.perf_counter() - t0
+    stats = EngineStats()
+    critiques: list[list[Any]] = [[] for _ in encoded]
+    if m > 0:
+        spec = SamplingSpec(n=m, temperature=w.temperature, top_p=w.top_p, max_tokens=w.max_tokens)
+        t0 = time.perf_counter()
+        critiques, gstats = await rt.generator.generate(
+            [e.critique_prompt for e in encoded], [spec] * len(encoded)
+        )
+        stages["generate"] = time.perf_counter() - t0
+        stats.prompt_tokens += gstats.prompt_tokens
+        stats.cached_prompt_tokens += gstats.cached_prompt_tokens
+    t0 = time.perf_counter()
+    sequences: list[list[int]] = []
+    for e, crits in zip(encoded, critiques, strict=True):
+        if crits:
+            sequences += [fmt.score_ids(e.score_prefix, c.text) for c in crits]
+        else:
+            sequences.append(fmt.score_ids(e.score_prefix, None))
+    stages["score_inputs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rewards, sstats = await rt.scorer.score(sequences)
+    stages["score"] = time.perf_counter() - t0
+    stats.prompt_tokens += sstats.prompt_tokens
+    stats.cached_prompt_tokens += sstats.cached_prompt_tokens
+    results: list[dict[str, Any]] = []
+    pos = 0
+    for crits in critiques:
+        k = max(len(crits), 1)
+        mine = rewards[pos : pos + k]
+        pos += k
+        results.append(
+            {
+                "reward": statistics.fmean(mine),
+                "critique_rewards": mine if crits else [],
+                "critiques": [c.text for c in crits],
+            }
+        )
+    return results, stages, stats
+
+
+def run(
+    checkpoint_root: Path, w: Workload, warm: Workload, ms: list[int]
+) -> list[tuple[PathRun, list[dict[str, Any]]]]:
+    """One run per m in `ms`, on one pair of engines (started once, not timed)."""
+
+    async def main() -> list[tuple[PathRun, list[dict[str, Any]]]]:
+        rt = await load_runtime(Settings(checkpoint_root=checkpoint_root))
+        try:
+            await _workload(rt, warm, warm.m)
+            out = []
+            for m in ms:
+                with Meter() as meter:
+                    results, stages, stats = await _workload(rt, w, m)
+                out.append(
+                    (
+                        PathRun(
+                            path="d:engine-only" if m > 0 else "e:engine-only-m0",
+                            label=f"vLLM engines in-process, whole workload at once, m={m}",
+                            pairs=w.n,
+                            wall_s=meter.wall_s,
+                            cpu_s=meter.cpu_s,
+                            latencies_s=[meter.wall_s],
+                            prompt_tokens=stats.prompt_tokens,
+                            computed_tokens=stats.prompt_tokens - stats.cached_prompt_tokens,
+                            rewards=[r["reward"] for r in results],
+                            breakdown_s=stages,
+                        ),
+                        results,
+                    )
+                )
+            return out
+        finally:
+            await asyncio.to_thread(rt.shutdown)
+
+    return asyncio.run(main())

@@ -1,0 +1,85 @@
+"""The benchmark's own arithmetic: percentiles, ratios, Prometheus counter deltas, the workload."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loadtests.bench.measure import Meter, PathRun, percentile
+from loadtests.bench.procs import delta
+from loadtests.bench.report import ratio_table, ratios, table
+from loadtests.bench.workload import make_pairs
+from loadtests.bench_paths import m0_check
+from service.checkpoint.store import CheckpointVersion
+
+
+def run(path: str, pairs: int, wall: float, rewards: list[float] | None = None) -> PathRun:
+    return PathRun(
+        path=path,
+        label=path,
+        pairs=pairs,
+        wall_s=wall,
+        cpu_s=2 * wall,
+        latencies_s=[1.0, 2.0, 3.0, 10.0],
+        prompt_tokens=pairs * 300,
+        computed_tokens=pairs * 100,
+        rewards=rewards or [0.0] * pairs,
+    )
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_ratios_are_row_over_column() -> None:
+    runs = [run("a", 128, 100.0), run("d", 128, 80.0)]
+    r = ratios(runs)
+    assert r["a"]["d"] == pytest.approx(0.8)
+    assert r["d"]["a"] == pytest.approx(1.25)
+    assert r["a"]["a"] == 1.0
+    assert "| a | 1.00 | 0.80 |" in ratio_table(runs)
+
+
+def test_summary_and_table_report_per_pair_figures() -> None:
+    r = run("a", 128, 64.0)
+    s = r.summary()
+    assert s["pairs_per_s"] == 2.0
+    assert s["cpu_s_per_pair"] == 1.0
+    assert s["prompt_tokens_per_pair"] == 300.0 and s["computed_tokens_per_pair"] == 100.0
+    assert s["p50_s"] == 2.0 and s["p99_s"] == 10.0
+    assert "| a | a | 128 | 2.000 | 2.00 | 10.00 | 1.00 | 300 | 100 |" in table([r])
+
+
+def test_m0_check_compares_with_the_first_path() -> None:
+    runs = [run("x", 2, 1.0, [1.0, 2.0]), run("y", 2, 1.0, [1.0, 2.5])]
+    assert m0_check(runs) == {"x": 0.0, "y": 0.5}
+
+
+def test_counter_delta_treats_missing_as_zero() -> None:
+    assert delta({"a": 5.0}, {"a": 2.0}, "a") == 3.0
+    assert delta({"a": 5.0}, {}, "a") == 5.0
+    assert delta({}, {}, "b") == 0.0
+
+
+def test_meter_counts_wall_and_cpu_time() -> None:
+    with Meter() as m:
+        sum(i * i for i in range(200_000))
+    assert m.wall_s > 0 and m.cpu_s >= 0
+
+
+def test_workload_pairs_are_distinct_and_about_200_tokens(
+    default_version: CheckpointVersion,
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_version.generator_path)
+    pairs = make_pairs(16)
+    assert len({p.prompt for p in pairs}) == 16
+    lengths = [len(tok(p.prompt + " " + p.response)["input_ids"]) for p in pairs]
+    assert all(150 <= n <= 250 for n in lengths), lengths
