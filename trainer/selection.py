@@ -1,0 +1,85 @@
+"""Instance filtering and critique selection (Critic-RM §3.2).
+
+A pair is kept when the mean judge score of the chosen response's critiques is above that of
+the rejected one's: the critiques then agree with the preference label. Ranking-based
+refinement keeps, per response, the K critiques the meta-judge scored highest."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A critique with the judge score it gave (parsed; None when unparseable)."""
+
+    text: str
+    score: int | None
+
+
+def mean_score(critiques: Sequence[Scored]) -> float | None:
+    scores = [c.score for c in critiques if c.score is not None]
+    return statistics.fmean(scores) if scores else None
+
+
+def keep_pair(chosen: Sequence[Scored], rejected: Sequence[Scored]) -> bool:
+    """Keep only when both sides have a parsed score and chosen's mean is strictly higher."""
+    c, r = mean_score(chosen), mean_score(rejected)
+    return c is not None and r is not None and c > r
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    kept: dict[str, int]
+    total: dict[str, int]
+
+    def fraction(self, category: str) -> float:
+        return (
+            self.kept.get(category, 0) / self.total[category] if self.total.get(category) else 0.0
+        )
+
+    @property
+    def overall(self) -> float:
+        total = sum(self.total.values())
+        return sum(self.kept.values()) / total if total else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "overall": self.overall,
+            "per_category": {
+                c: {"kept": self.kept.get(c, 0), "total": n, "fraction": self.fraction(c)}
+                for c, n in sorted(self.total.items())
+            },
+        }
+
+
+def filter_pairs(
+    pairs: Sequence[T],
+    categories: Sequence[str],
+    chosen: Sequence[Sequence[Scored]],
+    rejected: Sequence[Sequence[Scored]],
+) -> tuple[list[T], FilterReport]:
+    kept: list[T] = []
+    n_kept: dict[str, int] = defaultdict(int)
+    n_total: dict[str, int] = defaultdict(int)
+    for pair, cat, c, r in zip(pairs, categories, chosen, rejected, strict=True):
+        n_total[cat] += 1
+        if keep_pair(c, r):
+            kept.append(pair)
+            n_kept[cat] += 1
+    return kept, FilterReport(dict(n_kept), dict(n_total))
+
+
+def top_k(critiques: Sequence[Scored], meta_scores: Sequence[int | None], k: int) -> list[Scored]:
+    """The k critiques with the highest meta-judge scores (unscored last; ties keep order)."""
+    order = sorted(
+        range(len(critiques)),
+        key=lambda i: (meta_scores[i] is None, -(meta_scores[i] or 0), i),
+    )
+    return [critiques[i] for i in order[:k]]
