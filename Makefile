@@ -11,7 +11,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.setup-$(ENGINE)
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup serve test lint typecheck unit checkpoint redis clean
+.PHONY: setup serve test lint typecheck unit checkpoint redis clean bench
 
 setup: $(STAMP)
 
@@ -45,8 +45,8 @@ redis:
 	fi
 
 lint: setup
-	$(VENV)/bin/ruff check service trainer tests
-	$(VENV)/bin/ruff format --check service trainer tests
+	$(VENV)/bin/ruff check service trainer tests loadtests
+	$(VENV)/bin/ruff format --check service trainer tests loadtests
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -86,6 +86,11 @@ test: checkpoint redis lint typecheck tools
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
+
+# Side-by-side benchmark (loadtests/bench_paths.py); run it with nothing else busy on the machine.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--paths a,d --pairs 32".
+bench: checkpoint
+	$(VENV)/bin/python -m loadtests.bench_paths --checkpoint-root $(CHECKPOINT_ROOT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

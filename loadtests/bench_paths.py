@@ -88,6 +88,10 @@ def main(args: argparse.Namespace) -> int:
     def done(run: PathRun, results: list[dict[str, Any]]) -> None:
         print(f"  {run.path:<22} {run.pairs_per_s:8.3f} pairs/s  ({run.wall_s:.1f} s)", flush=True)
         (m0_runs if run.path.startswith("e:") else runs).append(run)
+        # Written after every path, so a run cut short keeps what it measured.
+        args.out.mkdir(parents=True, exist_ok=True)
+        partial = [r.summary() for r in runs + m0_runs]
+        (args.out / "paths.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
         if not run.path.startswith("e:"):
             with_results.append((run, results))
 
