@@ -68,6 +68,10 @@ def reference_check(
     return out
 
 
+# Paths that serve in bf16 only: their agreement is reported, not held to the float32 tolerance.
+BF16_ONLY = {"e:openrlhf-serve_rm"}
+
+
 def m0_check(runs: list[PathRun]) -> dict[str, float]:
     """Max absolute difference of each m = 0 path's rewards from the first one's."""
     base = runs[0].rewards
@@ -138,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
     m0 = m0_check(m0_runs) if m0_runs else {}
     failures = [
         p for p, r in reference.items() if not p.startswith("b:") and r["max_abs_diff"] > TIGHT
-    ] + [p for p, d in m0.items() if d > TIGHT]
+    ] + [p for p, d in m0.items() if d > TIGHT and p not in BF16_ONLY]
 
     all_runs = runs + m0_runs
     md = "\n\n".join(
@@ -213,8 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--naive-pairs",
         type=_naive_pairs,
-        default=_naive_pairs("float32=32"),
-        help="pairs per naive dtype, e.g. float32=32 (others: all pairs)",
+        default=_naive_pairs("bfloat16=8,float32=32"),
+        help="pairs per naive dtype (others: all pairs); bf16 is emulated on AVX2 CPUs and slow",
     )
     ap.add_argument("--naive-batch", type=int, default=16, help="pairs per naive batch")
     ap.add_argument("--check-pairs", type=int, default=8, help="pairs per path rescored")

@@ -6,7 +6,11 @@ sequence, which serve_rm tokenises without adding special tokens and reads at th
 serve_rm imports deepspeed, peft and flash_attn at start-up; put an environment providing them
 on --openrlhf-pythonpath (see the README's Performance section). It serves in bf16 or fp16 only
 (`--ds.param_dtype`), one request at a time; critic-rm's scorer runs in float32, so its rewards
-differ from critic-rm's by bf16 rounding."""
+differ from critic-rm's by bf16 rounding.
+
+Like transformers, serve_rm reads only `model.safetensors` when that file exists and ignores the
+index, so on the scorer view itself it would serve a freshly initialised head ("score.weight |
+MISSING"). It is therefore given a one-file copy of the same scorer: backbone + head merged."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import httpx
 from loadtests.bench.measure import Meter, PathRun
 from loadtests.bench.procs import free_port, server_process
 from loadtests.bench.workload import Workload
+from service.checkpoint.manifest import REWARD_HEAD_FILE
 from service.checkpoint.store import CheckpointRoot
 from service.engines.factory import load_formatter
 from service.settings import Settings
@@ -41,6 +46,25 @@ def _flags(src: Path, model: Path, port: int, max_len: int) -> list[str]:
         "--max_len", str(max_len),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
+
+
+def merged_scorer(scorer: Path, out: Path) -> Path:
+    """A copy of the scorer view with backbone and reward head in one model.safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Any] = {}
+    for shard in sorted(scorer.glob("*.safetensors")):
+        if shard.name != REWARD_HEAD_FILE:
+            tensors.update(load_file(str(shard)))
+    tensors.update(load_file(str(scorer / REWARD_HEAD_FILE)))
+    save_file(tensors, str(out / "model.safetensors"))
+    for file in scorer.iterdir():
+        if file.is_file() and not file.name.endswith((".safetensors", ".index.json")):
+            shutil.copy2(file, out / file.name)
+    return out
 
 
 def run(
@@ -68,7 +92,9 @@ def run(
         sys.executable,
         "-m",
         "openrlhf.cli.serve_rm",
-        *_flags(src, version.scorer_path, port, s.max_model_len),
+        *_flags(
+            src, merged_scorer(version.scorer_path, logs / "serve-rm-scorer"), port, s.max_model_len
+        ),
     ]
     env = {
         "PYTHONPATH": ":".join(x for x in [str(src), pythonpath] if x),
