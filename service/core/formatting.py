@@ -128,6 +128,14 @@ class PromptFormatter:
         body = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         return body + ("assistant: " if add_generation_prompt else "")
 
+    def chat_ids(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+        """Token ids of `messages` rendered with the checkpoint's chat template."""
+        return self._encode(self._chat(messages, add_generation_prompt))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens added)."""
+        return self._encode(text)
+
     def count(self, text: str) -> int:
         return len(self._encode(text))
 
@@ -206,7 +214,7 @@ class PromptFormatter:
             {"role": "system", "content": self.templates.critique_system},
             {"role": "user", "content": user},
         ]
-        return self._encode(self._chat(chat, add_generation_prompt=True))
+        return self.chat_ids(chat, add_generation_prompt=True)
 
     def score_prefix_ids(self, messages: Sequence[Message], response: str) -> list[int]:
         chat = [*messages, {"role": "assistant", "content": response}]

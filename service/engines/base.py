@@ -15,6 +15,7 @@ class SamplingSpec:
     temperature: float
     top_p: float
     max_tokens: int
+    regex: str | None = None  # constrain the output to this regex (the trainer's judge scores)
 
 
 @dataclass(frozen=True)

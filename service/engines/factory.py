@@ -76,6 +76,14 @@ def load_formatter(version: CheckpointVersion, settings: Settings) -> PromptForm
     )
 
 
+def load_generator(version: CheckpointVersion, settings: Settings) -> CritiqueGenerator:
+    """The critique generator alone (the trainer samples critiques with it)."""
+    from service.engines.vllm_engines import configure_cpu_env
+
+    configure_cpu_env(settings)
+    return _load_generator(version, settings)
+
+
 def _load_generator(version: CheckpointVersion, settings: Settings) -> CritiqueGenerator:
     from service.engines.vllm_engines import VllmCritiqueGenerator
 
@@ -92,7 +100,7 @@ def _load_scorer(version: CheckpointVersion, settings: Settings) -> RewardScorer
     return VllmRewardScorer.load(version.scorer_path, settings)
 
 
-async def _load_engines(
+async def load_engines(
     version: CheckpointVersion, settings: Settings
 ) -> tuple[CritiqueGenerator, RewardScorer]:
     """Start both engines at once: most of a start is process spawn, imports and compilation
@@ -122,5 +130,5 @@ async def load_runtime(settings: Settings, version: str | None = None) -> ModelR
     )
     log.info("loading checkpoint %s from %s", ckpt.manifest.model_version, ckpt.path)
     formatter = await asyncio.to_thread(load_formatter, ckpt, settings)
-    generator, scorer = await _load_engines(ckpt, settings)
+    generator, scorer = await load_engines(ckpt, settings)
     return ModelRuntime(ckpt, formatter, generator, scorer)

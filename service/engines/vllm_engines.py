@@ -100,7 +100,7 @@ class VllmCritiqueGenerator:
     ) -> tuple[list[list[Critique]], EngineStats]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         stats = EngineStats()
 
@@ -114,6 +114,9 @@ class VllmCritiqueGenerator:
                 max_tokens=spec.max_tokens,
                 skip_special_tokens=True,
                 output_kind=RequestOutputKind.FINAL_ONLY,
+                structured_outputs=(
+                    StructuredOutputsParams(regex=spec.regex) if spec.regex else None
+                ),
             )
             out = await _last(
                 self.engine.generate(
