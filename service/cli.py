@@ -1,4 +1,4 @@
-"""`critic-rm` command line: serve, bootstrap, versions."""
+"""`critic-rm` command line: serve, bootstrap, versions; train, eval, assemble (trainer.cli)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     versions.add_argument("--checkpoint-root")
     versions.add_argument("--verify", action="store_true", help="also check weight hashes")
     versions.set_defaults(func=_versions)
+
+    from trainer.cli import register
+
+    register(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

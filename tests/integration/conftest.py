@@ -3,6 +3,7 @@ checkpoint, Redis cache) started once per test session in a subprocess, reached 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -92,28 +93,22 @@ def serving_root(checkpoint_root: Path) -> Iterator[CheckpointRoot]:
         shutil.rmtree(root.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    serving_root: CheckpointRoot, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    checkpoint_root = serving_root.root
+@contextlib.contextmanager
+def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[LiveServer]:
+    """`critic-rm serve` on `checkpoint_root` in a subprocess, yielded once /ready is 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
         "CRM_CHECKPOINT_ROOT": str(checkpoint_root),
         "CRM_HOST": "127.0.0.1",
         "CRM_PORT": str(port),
-        "CRM_REDIS_URL": redis_url,
         "CRM_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
         "CRM_KV_CACHE_GIB": "1",
         "CRM_SCORER_DTYPE": "float32",
         "CRM_MAX_ITEMS_PER_REQUEST": "512",
         "CRM_RELOAD_POLL_S": "0.5",
         "CRM_DRAIN_TIMEOUT_S": "60",
+        **env_extra,
     }
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -148,6 +143,18 @@ def live_server(
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    serving_root: CheckpointRoot, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with run_server(serving_root.root, log, CRM_REDIS_URL=redis_url) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

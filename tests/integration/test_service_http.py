@@ -43,8 +43,15 @@ def test_ready_and_info_describe_the_served_checkpoint(
     ready = http.get("/ready").json()
     info = http.get("/info").json()
     assert ready["model_version"] == info["model_version"] == served_version.manifest.model_version
-    assert info["reward_head_trained"] is False
-    assert any("untrained" in w for w in ready["warnings"] + info["warnings"])
+    trained = served_version.manifest.reward_head_trained
+    assert info["reward_head_trained"] is trained
+    # The untrained-head warning appears exactly when the served head is untrained.
+    assert any("untrained" in w for w in ready["warnings"] + info["warnings"]) is not trained
+    assert info["reward_stats"] == (
+        served_version.manifest.reward_stats.model_dump()
+        if served_version.manifest.reward_stats
+        else None
+    )
     assert info["cache"]["backend"] == "redis"
     assert info["limits"]["max_model_len"] == MAX_MODEL_LEN
 
@@ -65,7 +72,6 @@ def test_score_returns_m_critique_rewards_and_their_mean(http: httpx.Client) -> 
         assert res["cached"] is False
     assert 0 < body["usage"]["critique_tokens"] <= 2 * 2 * 16
     assert body["usage"]["prompt_tokens"] > 0
-    assert any("untrained" in w for w in body["warnings"])
 
 
 def test_standard_rm_mode_is_repeatable(http: httpx.Client) -> None:

@@ -1,0 +1,268 @@
+"""The recipe (YAML + --set), stage digests and resume, refinement selection, evaluation maths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.engines.base import Critique, EngineStats, SamplingSpec
+from trainer import stages
+from trainer.config import ConfigError, RefineConfig, SamplingConfig, load_config
+from trainer.critiques import refine, sample_and_judge
+from trainer.data.pairs import PreferencePair
+from trainer.evaluate import accuracy, markdown, plot, rewards_at
+from trainer.pipeline import STAGES, digests, run_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------- config
+def test_default_recipes_validate() -> None:
+    cfg = load_config(REPO / "trainer/configs/default.yaml")
+    assert cfg.train.mode == "critic" and cfg.train.lora.enabled
+    assert cfg.export.delta_dir == "trainer/default"
+    assert load_config(REPO / "trainer/configs/bt.yaml").train.mode == "bt"
+
+
+def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            "train.epochs=3",
+            "train.lr=1e-3",
+            "eval.ms=[0, 2]",
+            "train.constant_lambda=0.5",
+            "base_model=null",
+            "export.name=x",
+        ],
+    )
+    assert cfg.train.epochs == 3 and cfg.train.lr == 1e-3
+    assert cfg.eval.ms == [0, 2] and cfg.train.constant_lambda == 0.5
+    assert cfg.base_model is None and cfg.export.name == "x"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "field"),
+    [
+        ("train.epochz=3", "epochz"),
+        ("train.epochs=0", "epochs"),
+        ("refine.method=vote", "method"),
+        ("train.micro_batch=3", "multiple"),
+    ],
+)
+def test_bad_settings_name_the_field(assignment: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        load_config(None, [assignment])
+
+
+def test_set_without_equals_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+# ---------------------------------------------------------------- stages and resume
+def test_digest_chain_reruns_only_what_a_change_affects() -> None:
+    a = digests(load_config(None))
+    b = digests(load_config(None, ["train.epochs=5"]))
+    changed = [s for s in STAGES if a[s] != b[s]]
+    assert changed == ["train", "export", "eval", "publish"]
+    c = digests(load_config(None, ["sampling.num_critiques=2"]))
+    assert next(s for s in STAGES if a[s] != c[s]) == "sample"
+
+
+def _fake_stages(
+    monkeypatch: pytest.MonkeyPatch, calls: list[str], fail: str | None = None
+) -> None:
+    for name in STAGES:
+
+        def stage(run: Any, name: str = name) -> dict[str, Any]:
+            if name == fail:
+                raise RuntimeError(f"{name} failed")
+            calls.append(name)
+            return {"ran": name}
+
+        monkeypatch.setattr(stages, f"stage_{name}", stage)
+
+
+def test_run_resumes_after_a_failed_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(None, [f"out_dir={tmp_path}"])
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls, fail="train")
+    with pytest.raises(RuntimeError, match="train failed"):
+        run_pipeline(cfg)
+    assert calls == ["data", "base", "sample", "filter", "refine"]
+    calls.clear()
+    _fake_stages(monkeypatch, calls)
+    markers = run_pipeline(cfg)
+    assert calls == ["train", "export", "eval", "publish"]
+    assert set(markers) == set(STAGES)
+    calls.clear()
+    run_pipeline(cfg)
+    assert calls == []  # everything done
+    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]))
+    assert calls == ["refine", "train", "export", "eval", "publish"]
+    calls.clear()
+    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]), from_stage="eval")
+    assert calls == ["eval", "publish"]
+    assert json.loads((tmp_path / "stages" / "eval.json").read_text())["ran"] == "eval"
+
+
+def test_bt_mode_skips_critique_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls)
+    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "train.mode=bt"]), until="train")
+    assert calls == ["data", "base", "train"]
+
+
+# ---------------------------------------------------------------- sampling and refinement
+class ScriptedGenerator:
+    """Returns scripted texts in call order; records the prompts and specs it was given."""
+
+    def __init__(self, replies: Sequence[Sequence[str]]) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[list[list[int]], list[SamplingSpec]]] = []
+
+    async def generate(
+        self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
+    ) -> tuple[list[list[Critique]], EngineStats]:
+        self.calls.append(([list(p) for p in prompts], list(specs)))
+        out = []
+        for spec in specs:
+            texts = self.replies.pop(0)
+            assert len(texts) == spec.n
+            out.append([Critique(t, 3, "stop") for t in texts])
+        return out, EngineStats()
+
+    async def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+class CharFormatter:
+    """The slice of PromptFormatter the critique code uses, over one id per character."""
+
+    max_model_len = 10_000
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def chat_ids(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool
+    ) -> list[int]:
+        return self.encode(
+            "|".join(m["content"] for m in messages) + ("|A:" if add_generation_prompt else "")
+        )
+
+    def encode_item(self, prompt: Any, response: str, *args: Any, **kwargs: Any) -> Any:
+        class Enc:
+            critique_prompt = self.encode(f"{prompt}|{response}|A:")
+
+        return Enc()
+
+
+def _decode(ids: list[int]) -> str:
+    return "".join(chr(i) for i in ids)
+
+
+async def test_sample_and_judge_drops_and_counts_unparseable_scores() -> None:
+    pair = PreferencePair("q", "good", "bad", "code", "p0")
+    gen = ScriptedGenerator(
+        [
+            ["c1", "c2"],
+            ["c3", "c4"],
+            ["7"],
+            ["oops"],
+            ["2"],
+            ["10"],
+        ]  # 2 critiques x 2 sides, 4 judgements
+    )
+    records, stats = await sample_and_judge(
+        gen,
+        CharFormatter(),
+        [pair],
+        SamplingConfig(num_critiques=2, max_tokens=8, temperature=0.8),  # type: ignore[arg-type]
+    )
+    assert stats.critiques == 4 and stats.unparseable == 1
+    assert stats.per_category == {"code": {"critiques": 4, "unparseable": 1}}
+    assert records[0]["chosen"] == [{"text": "c1", "score": 7}]
+    assert records[0]["rejected"] == [{"text": "c3", "score": 2}, {"text": "c4", "score": 10}]
+    judge_prompts, judge_specs = gen.calls[1]
+    assert _decode(judge_prompts[0]).endswith("c1\nScore (1-10): ")
+    assert all(s.regex == r"(10|[1-9])" and s.n == 1 and s.temperature == 0.8 for s in judge_specs)
+
+
+def _record() -> dict[str, Any]:
+    return {
+        "pair": {"prompt": "q", "chosen": "good", "rejected": "bad", "category": "code"},
+        "chosen": [{"text": t, "score": 8} for t in ("a", "b", "c")],
+        "rejected": [{"text": t, "score": 3} for t in ("d", "e", "f")],
+    }
+
+
+async def test_ranking_keeps_the_top_k_by_meta_judge_score() -> None:
+    gen = ScriptedGenerator([["3"], ["9"], ["x"], ["1"], ["5"], ["6"]])
+    out = await refine(
+        gen, CharFormatter(), [_record()], RefineConfig(method="ranking", k=2), SamplingConfig(), 0
+    )  # type: ignore[arg-type]
+    assert out[0]["chosen_train"] == ["b", "a"]  # 9, 3; the unparseable one last
+    assert out[0]["rejected_train"] == ["f", "e"]
+    assert out[0]["chosen_meta"] == [3, 9, None]
+
+
+async def test_summarization_writes_k_meta_critiques_from_permutations() -> None:
+    gen = ScriptedGenerator([["s1"], ["s2"], ["s3"], ["s4"]])
+    out = await refine(
+        gen,
+        CharFormatter(),
+        [_record()],
+        RefineConfig(method="summarization", k=2),
+        SamplingConfig(),
+        0,
+    )  # type: ignore[arg-type]
+    assert out[0]["chosen_train"] == ["s1", "s2"] and out[0]["rejected_train"] == ["s3", "s4"]
+    prompts = [_decode(p) for p in gen.calls[0][0]]
+    for text in prompts[:2]:
+        assert all(f". {c}" in text for c in "abc")  # every critique, in some order
+    assert all(f". {c}" in prompts[2] for c in "def")
+
+
+async def test_no_refinement_keeps_the_first_k() -> None:
+    out = await refine(
+        ScriptedGenerator([]),
+        CharFormatter(),
+        [_record()],
+        RefineConfig(method="none", k=1),
+        SamplingConfig(),
+        0,
+    )  # type: ignore[arg-type]
+    assert out[0]["chosen_train"] == ["a"] and out[0]["rejected_train"] == ["d"]
+
+
+# ---------------------------------------------------------------- evaluation maths
+def test_rewards_at_m_average_the_first_m_critiques() -> None:
+    per = [(0.5, [1.0, 2.0, 3.0, 6.0]), (-1.0, [0.0, 0.0, 0.0, 0.0])]
+    assert rewards_at(per, 0) == [0.5, -1.0]
+    assert rewards_at(per, 1) == [1.0, 0.0]
+    assert rewards_at(per, 4) == [3.0, 0.0]
+
+
+def test_accuracy_counts_ties_half_and_splits_categories() -> None:
+    acc = accuracy([2.0, 1.0, 0.0, 5.0], [1.0, 1.0, 3.0, 4.0], ["a", "a", "b", "b"])
+    assert acc["overall"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert acc["per_category"] == {"a": 0.75, "b": 0.5}
+    assert acc["pairs"] == 4
+
+
+def test_report_table_and_plot(tmp_path: Path) -> None:
+    critic = {"by_m": {"0": accuracy([1], [0], ["a"]), "4": accuracy([0], [1], ["a"])}}
+    bt = {"by_m": {"0": accuracy([1], [0], ["a"])}}
+    md = markdown([critic, bt], ["critic", "bt"])
+    assert "| critic | 4 | 1 | 0.000 | 0.000 |" in md and "| bt | 0 |" in md
+    plot([critic, bt], ["critic", "bt"], tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,151 @@
+"""Joint training on a tiny random Llama: losses fall, every trainable weight moves, runs are
+deterministic, λ follows the schedule, and the saved delta reproduces the trained rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from service.checkpoint.manifest import Templates
+from service.core.formatting import PromptFormatter
+from trainer.config import LoraConfig, TrainConfig
+from trainer.examples import build_examples
+from trainer.losses import critique_nll
+from trainer.model import apply_delta, build_policy, save_delta
+from trainer.train import rewards, selected_nll, set_seed, train
+
+
+@pytest.fixture(scope="module")
+def fmt(tiny_llama: Path) -> PromptFormatter:
+    from transformers import AutoTokenizer
+
+    return PromptFormatter(
+        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 512
+    )
+
+
+def _records() -> list[dict[str, Any]]:
+    out = []
+    for i in range(6):
+        pair = {
+            "prompt": f"What is {i} + {i}?",
+            "chosen": f"{i} + {i} = {2 * i}.",
+            "rejected": f"{i} + {i} = {2 * i + 1}.",
+            "category": "reasoning",
+        }
+        out.append(
+            {
+                "pair": pair,
+                "chosen_train": ["The sum is right. Good."],
+                "rejected_train": ["The sum is wrong by one. Bad."],
+            }
+        )
+    return out
+
+
+def _policy(tiny_llama: Path, lora: bool, layers: int | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    set_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    head = torch.randn(1, lm.config.hidden_size) * 0.02
+    return build_policy(
+        lm,
+        head,
+        lora=LoraConfig(r=4, alpha=8) if lora else None,
+        trainable_layers=layers,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+
+
+CFG = TrainConfig(epochs=3, pairs_per_step=2, micro_batch=1, lr=1e-2, head_lr=5e-2, beta=0.5)
+
+
+def _run(
+    tiny_llama: Path, fmt: PromptFormatter, lora: bool = True, **kw: Any
+) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+    cfg = CFG.model_copy(update=kw)
+    examples = build_examples(
+        fmt, _records(), with_critiques=cfg.mode == "critic", max_critique_tokens=32, max_len=512
+    )
+    policy = _policy(tiny_llama, lora)
+    before = {n: p.detach().clone() for n, p in policy.trainable_named().items()}
+    result = train(policy, examples, cfg, seed=0, pad_id=2, progress=False)
+    return policy, result, before
+
+
+def test_critic_training_lowers_both_losses_and_moves_every_weight(
+    tiny_llama: Path, fmt: PromptFormatter
+) -> None:
+    policy, result, before = _run(tiny_llama, fmt)
+    lams = [r["lambda"] for r in result.log]
+    assert lams[:6] == [1.0] * 6  # 3 steps per epoch; λ = 1 for the first K - 1 = 2 epochs
+    assert lams[6] == 1.0 and lams[-1] == pytest.approx(1 - 0.5 * 2 / 3)
+    assert all(r["loss_r"] is None for r in result.log[:6])  # no reward loss while λ = 1
+    first_c, last_c = result.log[0]["loss_c"], result.log[5]["loss_c"]
+    assert last_c < first_c
+    for name, p in policy.trainable_named().items():
+        assert not torch.equal(p.detach(), before[name]), f"{name} did not change"
+    assert any("lora_A" in n for n in before) and "reward_head" in before
+
+
+def test_bt_training_lowers_the_pairwise_loss(tiny_llama: Path, fmt: PromptFormatter) -> None:
+    _, result, _ = _run(tiny_llama, fmt, mode="bt", epochs=4)
+    assert all(r["lambda"] == 0.0 and r["loss_c"] is None for r in result.log)
+    assert result.mean("loss_r", first=False, n=3) < result.mean("loss_r", first=True, n=3)
+
+
+def test_training_is_deterministic_under_a_seed(tiny_llama: Path, fmt: PromptFormatter) -> None:
+    _, a, _ = _run(tiny_llama, fmt, epochs=2)
+    _, b, _ = _run(tiny_llama, fmt, epochs=2)
+    assert [(r["loss_c"], r["loss_r"]) for r in a.log] == [
+        (r["loss_c"], r["loss_r"]) for r in b.log
+    ]
+
+
+def test_partial_training_freezes_lower_layers(tiny_llama: Path) -> None:
+    policy = _policy(tiny_llama, lora=False, layers=1)
+    names = set(policy.trainable_named())
+    assert any(".layers.1." in n for n in names) and not any(".layers.0." in n for n in names)
+    assert "model.norm.weight" in names and "model.embed_tokens.weight" not in names
+
+
+def test_lora_delta_merges_into_the_same_rewards(
+    tiny_llama: Path, fmt: PromptFormatter, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    policy, _, _ = _run(tiny_llama, fmt, epochs=2)
+    save_delta(policy, tmp_path, {"name": "t"})
+    assert (tmp_path / "adapter.safetensors").stat().st_size < 200_000
+    seqs = [
+        e.chosen_score
+        for e in build_examples(
+            fmt, _records()[:2], with_critiques=True, max_critique_tokens=32, max_len=512
+        )
+    ]
+    with torch.no_grad():
+        trained = rewards(policy, seqs, pad_id=2)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    merged, head = apply_delta(base, tmp_path)
+    assert type(merged).__name__ == "LlamaForCausalLM"  # plain weights, no adapter left
+    plain = build_policy(
+        merged, head, lora=None, trainable_layers=0, dtype=torch.float32, device=torch.device("cpu")
+    )
+    with torch.no_grad():
+        again = rewards(plain, seqs, pad_id=2)
+    torch.testing.assert_close(again, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_selected_nll_matches_the_masked_full_logits_loss() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    ids = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+    keep = mask[:, 1:].bool()
+    sel = selected_nll(logits[:, :-1][keep], ids[:, 1:][keep])
+    torch.testing.assert_close(sel, critique_nll(logits, ids, mask))

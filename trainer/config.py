@@ -1,0 +1,163 @@
+"""The training recipe: one YAML file, overridable with `--set section.key=value`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "synthetic", description="'synthetic', or a JSONL file / saved HF dataset of pairs."
+    )
+    per_category: int = Field(40, ge=1, description="Synthetic pairs per category.")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.25, ge=0, lt=1)
+    max_train_pairs: int | None = Field(None, ge=1, description="Cap on training pairs.")
+
+
+class SamplingConfig(_Section):
+    num_critiques: int = Field(4, ge=1, description="N candidate critiques per response.")
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+
+
+class RefineConfig(_Section):
+    method: Literal["ranking", "summarization", "none"] = "ranking"
+    k: int = Field(1, ge=1, description="Critiques kept (ranking) or written (summarization).")
+    max_tokens: int = Field(64, ge=1, description="Tokens of a summarised meta-critique.")
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+
+
+class TrainConfig(_Section):
+    mode: Literal["critic", "bt"] = Field(
+        "critic", description="critic: Critic-RM joint training; bt: standard Bradley-Terry RM."
+    )
+    epochs: int = Field(2, ge=1, description="K in the paper's λ(t) schedule.")
+    beta: float = Field(0.9, ge=0, le=1, description="How far λ falls in the last epoch.")
+    constant_lambda: float | None = Field(None, ge=0, le=1, description="Ablation: fixed λ.")
+    lr: float = Field(2e-4, gt=0, description="Learning rate of the adapter or backbone.")
+    head_lr: float = Field(2e-3, gt=0, description="Learning rate of the reward head.")
+    weight_decay: float = Field(0.0, ge=0)
+    pairs_per_step: int = Field(4, ge=1, description="Pairs per optimizer step.")
+    micro_batch: int = Field(2, ge=1, description="Pairs per forward pass (accumulated).")
+    max_len: int = Field(1024, ge=16)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = Field("auto", description="auto: cuda when available, else cpu.")
+    lora: LoraConfig = LoraConfig()
+    trainable_layers: int | None = Field(
+        None,
+        ge=0,
+        description="Only the top N decoder layers are trained (LoRA on them, or all their "
+        "weights without LoRA); None: every layer.",
+    )
+    grad_clip: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> TrainConfig:
+        if self.pairs_per_step % self.micro_batch:
+            raise ValueError("train.pairs_per_step must be a multiple of train.micro_batch")
+        return self
+
+
+class EvalConfig(_Section):
+    ms: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
+    max_pairs: int | None = Field(None, ge=1, description="Cap on test pairs evaluated.")
+    stats_pairs: int = Field(16, ge=0, description="Validation pairs for reward mean/std.")
+    compare: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other checkpoint version directories to evaluate beside this one, by label.",
+    )
+
+
+class ExportConfig(_Section):
+    checkpoint_root: str = Field("checkpoints", description="Where the version is published.")
+    name: str = "critic-rm"
+    make_current: bool = True
+    delta_dir: str | None = Field(
+        None, description="Also write the trained delta (adapter + head + manifest) here."
+    )
+
+
+class EngineConfig(_Section):
+    max_model_len: int = 2048
+    kv_cache_gib: float = 1.0
+    max_num_seqs: int = 256
+
+
+class Config(_Section):
+    seed: int = 0
+    out_dir: str = "runs/default"
+    base_model: str | None = Field(
+        None, description="HF model directory; None: the packaged SmolLM2-135M-Instruct GGUF."
+    )
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    refine: RefineConfig = RefineConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    engine: EngineConfig = EngineConfig()
+
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    tree: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping")
+        tree = loaded
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,198 @@
+"""Critique sampling, judge scores and refinement, on the service's own critique generator.
+
+Every call goes through `CritiqueGenerator.generate` (one engine request per prompt, n samples),
+so the trainer samples critiques exactly as the service does at inference. Judge scores are
+decoded in a second request constrained to 1-10 (a 135M model almost never writes a parseable
+score on its own; see ../shared/VLLM_CPU_FACTS.md)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core.formatting import PromptFormatter, conversation_text, normalize_prompt
+from service.engines.base import CritiqueGenerator, SamplingSpec
+from trainer.config import RefineConfig, SamplingConfig
+from trainer.data.pairs import PreferencePair
+from trainer.judge import SCORE_PROMPT, SCORE_REGEX, parse_score
+from trainer.selection import Scored, top_k
+
+
+def score_spec(temperature: float) -> SamplingSpec:
+    """One judge score, 1-10 only ("10" may be one or two tokens). Sampled, not greedy: the
+    score is part of the judge's sample, like the critique (greedy decoding of a small model
+    gives nearly every critique the same score, and the instance filter then keeps nothing)."""
+    return SamplingSpec(n=1, temperature=temperature, top_p=1.0, max_tokens=3, regex=SCORE_REGEX)
+
+
+META_SYSTEM = "You grade reviews of AI assistant answers for accuracy and usefulness."
+META_USER = (
+    "[Conversation]\n{conversation}\n\n[Response]\n{response}\n\n[Review]\n{critique}\n\n"
+    "Is this review correct about the response, and does it name the real problems? "
+    "Grade it from 1 (wrong or useless) to 10 (correct and precise)."
+)
+SUMMARY_SYSTEM = "You write short, precise reviews of AI assistant answers."
+SUMMARY_USER = (
+    "[Conversation]\n{conversation}\n\n[Response]\n{response}\n\n[Reviews]\n{reviews}\n\n"
+    "Write one short review of the response that keeps the points these reviews get right "
+    "and drops the ones that are wrong, then say whether the response is good."
+)
+
+
+@dataclass
+class SampleStats:
+    """Counts reported by the sampling stage (unparseable scores are dropped, never hidden)."""
+
+    critiques: int = 0
+    unparseable: int = 0
+    truncated_prompts: int = 0
+    per_category: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+# Room the judge step adds after a critique: SCORE_PROMPT and the score itself.
+JUDGE_ROOM = 16
+
+
+def _item(fmt: PromptFormatter, prompt: Any, response: str, max_tokens: int) -> list[int]:
+    return fmt.encode_item(
+        prompt, response, max_tokens + JUDGE_ROOM, 1, truncate_prompt=True
+    ).critique_prompt
+
+
+def fits(fmt: PromptFormatter, ids: list[int], max_tokens: int) -> bool:
+    return len(ids) + max_tokens <= fmt.max_model_len
+
+
+async def sample_and_judge(
+    generator: CritiqueGenerator,
+    fmt: PromptFormatter,
+    pairs: Sequence[PreferencePair],
+    cfg: SamplingConfig,
+) -> tuple[list[dict[str, Any]], SampleStats]:
+    """N critiques of each pair's chosen and rejected response, each with a judge score.
+
+    Returns one record per pair: {"pair", "chosen": [{"text", "score"}], "rejected": [...]};
+    critiques whose score did not parse are dropped and counted."""
+    responses = [(p, side) for p in pairs for side in ("chosen", "rejected")]
+    prompts = [_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens) for p, side in responses]
+    spec = SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
+    critiques, _ = await generator.generate(prompts, [spec] * len(prompts))
+    # The judge continues the critique's own assistant turn: "<critique>\nScore (1-10): N".
+    judge_prompts = [
+        ids + fmt.encode(c.text + SCORE_PROMPT)
+        for ids, cs in zip(prompts, critiques, strict=True)
+        for c in cs
+    ]
+    judge = score_spec(cfg.temperature)
+    judged, _ = await generator.generate(judge_prompts, [judge] * len(judge_prompts))
+    scores = iter(parse_score(out[0].text) if out else None for out in judged)
+
+    stats = SampleStats()
+    records: dict[int, dict[str, Any]] = {}
+    for (pair, side), cs in zip(responses, critiques, strict=True):
+        rec = records.setdefault(id(pair), {"pair": pair.to_json(), "chosen": [], "rejected": []})
+        cat = stats.per_category.setdefault(pair.category, {"critiques": 0, "unparseable": 0})
+        for c in cs:
+            score = next(scores)
+            stats.critiques += 1
+            cat["critiques"] += 1
+            if score is None:
+                stats.unparseable += 1
+                cat["unparseable"] += 1
+                continue
+            rec[side].append({"text": c.text, "score": score})
+    return [records[id(p)] for p in pairs], stats
+
+
+def scored(record: dict[str, Any], side: str) -> list[Scored]:
+    return [Scored(c["text"], c["score"]) for c in record[side]]
+
+
+async def refine(
+    generator: CritiqueGenerator,
+    fmt: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    cfg: RefineConfig,
+    sampling: SamplingConfig,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Add "chosen_train" / "rejected_train" (K critique texts each) to every record.
+
+    ranking: the model as meta-judge grades every critique 1-10; the top K are kept.
+    summarization: K meta-critiques, each summarising the N critiques in a different order.
+    none: the first K critiques as sampled."""
+    jobs = [(r, side) for r in records for side in ("chosen", "rejected")]
+    out = [dict(r) for r in records]
+    by_id = {id(r): o for r, o in zip(records, out, strict=True)}
+    if cfg.method == "none":
+        for r, side in jobs:
+            by_id[id(r)][f"{side}_train"] = [c["text"] for c in r[side][: cfg.k]]
+        return out
+    if cfg.method == "ranking":
+        prompts = [
+            _meta_prompt(fmt, r["pair"], r["pair"][side], c["text"])
+            for r, side in jobs
+            for c in r[side]
+        ]
+        # A meta prompt longer than the context is not sent; its critique counts as ungraded.
+        judge = score_spec(sampling.temperature)
+        sent = [p for p in prompts if fits(fmt, p, judge.max_tokens)]
+        judged, _ = await generator.generate(sent, [judge] * len(sent))
+        answers = iter(judged)
+        meta = iter(
+            (parse_score(next(answers)[0].text) if fits(fmt, p, judge.max_tokens) else None)
+            for p in prompts
+        )
+        for r, side in jobs:
+            crits = scored(r, side)
+            grades = [next(meta) for _ in crits]
+            best = top_k(crits, grades, cfg.k)
+            by_id[id(r)][f"{side}_train"] = [c.text for c in best]
+            by_id[id(r)][f"{side}_meta"] = grades
+        return out
+    rng = random.Random(seed)
+    prompts, owners = [], []
+    for r, side in jobs:
+        texts = [c["text"] for c in r[side]]
+        for _ in range(cfg.k):
+            order = rng.sample(texts, len(texts))
+            prompt = _summary_prompt(fmt, r["pair"], r["pair"][side], order)
+            while not fits(fmt, prompt, cfg.max_tokens) and len(order) > 1:
+                order = order[:-1]  # too long for the context: summarise fewer critiques
+                prompt = _summary_prompt(fmt, r["pair"], r["pair"][side], order)
+            prompts.append(prompt)
+            owners.append((r, side))
+    spec = SamplingSpec(1, sampling.temperature, sampling.top_p, cfg.max_tokens)
+    written, _ = await generator.generate(prompts, [spec] * len(prompts))
+    for r, side in jobs:
+        by_id[id(r)][f"{side}_train"] = []
+    for (r, side), outs in zip(owners, written, strict=True):
+        by_id[id(r)][f"{side}_train"].append(outs[0].text)
+    return out
+
+
+def _meta_prompt(
+    fmt: PromptFormatter, pair: dict[str, Any], response: str, critique: str
+) -> list[int]:
+    user = META_USER.format(
+        conversation=conversation_text(normalize_prompt(pair["prompt"])),
+        response=response,
+        critique=critique,
+    )
+    chat = [{"role": "system", "content": META_SYSTEM}, {"role": "user", "content": user}]
+    return fmt.chat_ids(chat, add_generation_prompt=True) + fmt.encode(SCORE_PROMPT.lstrip())
+
+
+def _summary_prompt(
+    fmt: PromptFormatter, pair: dict[str, Any], response: str, critiques: Sequence[str]
+) -> list[int]:
+    reviews = "\n".join(f"{i}. {c}" for i, c in enumerate(critiques, 1))
+    user = SUMMARY_USER.format(
+        conversation=conversation_text(normalize_prompt(pair["prompt"])),
+        response=response,
+        reviews=reviews,
+    )
+    chat = [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": user}]
+    return fmt.chat_ids(chat, add_generation_prompt=True)

@@ -1,0 +1,108 @@
+"""Turn a trained delta into a checkpoint version of the service's contract.
+
+`assemble` loads the base model (the packaged GGUF, or an HF directory), merges the delta and
+publishes both views through `service.checkpoint.views.build_version`: staged, READY written
+last, moved into the root atomically, so a running service can pick it up. The trainer's export
+and `critic-rm assemble` (what `make serve` runs on the committed default delta) share it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from service.checkpoint.manifest import RewardStats, SamplingDefaults, Templates
+from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from trainer.model import apply_delta, read_delta
+
+log = logging.getLogger(__name__)
+
+
+def load_base(base_model: str | None) -> tuple[Any, Any, str]:
+    """(causal LM in float32, tokenizer, label) of the base model."""
+    from service.checkpoint.bootstrap import (
+        DEFAULT_BASE_MODEL,
+        load_gguf_model,
+        load_hf_model,
+        packaged_gguf,
+    )
+
+    if base_model is None:
+        gguf = packaged_gguf()
+        model, tokenizer = load_gguf_model(gguf)
+        return model, tokenizer, f"{DEFAULT_BASE_MODEL} ({gguf.name})"
+    model, tokenizer = load_hf_model(Path(base_model))
+    return model.float(), tokenizer, str(base_model)
+
+
+def delta_digest(delta: Path) -> str:
+    """sha256 over the delta's weight files: identifies the trained model across machines."""
+    import hashlib
+
+    from service.checkpoint.store import sha256_file
+
+    files = sorted(f for f in delta.rglob("*.safetensors"))
+    blob = "".join(f"{f.relative_to(delta)}:{sha256_file(f)}\n" for f in files)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def find_assembled(root: Path, delta: Path) -> str | None:
+    """A version in `root` already assembled from this delta, if any."""
+    from service.checkpoint.store import CheckpointError, load_version
+
+    digest = delta_digest(delta)
+    store = CheckpointRoot(root)
+    for name in store.list_versions():
+        try:
+            manifest = load_version(store.version_path(name), verify_hashes=False).manifest
+        except CheckpointError:
+            continue
+        if manifest.metrics.get("delta_sha256") == digest:
+            return name
+    return None
+
+
+def assemble(
+    delta: Path,
+    root: Path,
+    *,
+    make_current: bool = True,
+    metrics: dict[str, Any] | None = None,
+    reward_stats: dict[str, float] | None = None,
+) -> CheckpointVersion:
+    """Publish base model + delta as a version in `root` (content-addressed: publishing the same
+    delta twice reuses the version)."""
+    from service.checkpoint.views import build_version
+
+    meta = read_delta(delta)
+    lm, tokenizer, label = load_base(meta.get("base_model"))
+    merged, head = apply_delta(lm, delta)
+    stats = reward_stats or meta.get("reward_stats")
+    version = build_version(
+        CheckpointRoot(root),
+        merged,
+        tokenizer,
+        head,
+        base_model=label,
+        name=meta["name"],
+        reward_head_trained=True,
+        templates=Templates.model_validate(meta["templates"]),
+        reward_token=meta["reward_token"],
+        sampling=SamplingDefaults.model_validate(meta["sampling"]),
+        reward_stats=RewardStats(mean=stats["mean"], std=stats["std"]) if stats else None,
+        metrics={
+            **(metrics if metrics is not None else meta.get("metrics", {})),
+            "delta_sha256": delta_digest(delta),
+        },
+        make_current=make_current,
+    )
+    expected = meta.get("model_version")
+    if expected and expected != version.manifest.model_version:
+        # Merging in float32 on another CPU/GPU can round differently in the last bit.
+        log.warning(
+            "assembled %s; the trainer published %s from the same delta (float rounding of "
+            "the merge differs on this machine)",
+            version.manifest.model_version,
+            expected,
+        )
+    return version

@@ -1,0 +1,305 @@
+"""The stages of `critic-rm train`; each reads earlier stages' files and returns a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY, SamplingDefaults
+from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.settings import Settings
+from trainer.data.load import load_pairs, read_jsonl, write_jsonl
+from trainer.data.pairs import PreferencePair
+from trainer.pipeline import Run
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- helpers
+def engine_settings(run: Run) -> Settings:
+    e = run.cfg.engine
+    return Settings(
+        max_model_len=e.max_model_len, kv_cache_gib=e.kv_cache_gib, max_num_seqs=e.max_num_seqs
+    )
+
+
+def base_version(run: Run) -> CheckpointVersion:
+    return CheckpointRoot(run.path("base")).resolve(verify_hashes=False)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def _counts(pairs: list[PreferencePair]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in pairs:
+        out[p.category] = out.get(p.category, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def trainer_info(run: Run) -> dict[str, Any]:
+    t = run.cfg.train
+    return {
+        "mode": t.mode,
+        "epochs": t.epochs,
+        "beta": t.beta,
+        "constant_lambda": t.constant_lambda,
+        "lora": t.lora.model_dump() if t.lora.enabled else None,
+        "trainable_layers": t.trainable_layers,
+        "refine": run.cfg.refine.model_dump() if t.mode == "critic" else None,
+        "num_critiques_sampled": run.cfg.sampling.num_critiques if t.mode == "critic" else 0,
+        "seed": run.cfg.seed,
+    }
+
+
+# ---------------------------------------------------------------- stages
+def stage_data(run: Run) -> dict[str, Any]:
+    from trainer.data import synthetic
+
+    d = run.cfg.data
+    if d.source == "synthetic":
+        pairs = synthetic.generate(d.per_category, seed=run.cfg.seed)
+    else:
+        pairs = load_pairs(Path(d.source))
+    fractions = (1.0 - d.val_fraction - d.test_fraction, d.val_fraction, d.test_fraction)
+    train, val, test = synthetic.split(pairs, fractions, seed=run.cfg.seed)
+    if d.max_train_pairs is not None:
+        train = train[: d.max_train_pairs]
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        write_jsonl(part, run.path(f"{name}.jsonl"))
+    return {
+        "source": d.source,
+        "train": _counts(train),
+        "val": _counts(val),
+        "test": _counts(test),
+    }
+
+
+def stage_base(run: Run) -> dict[str, Any]:
+    from service.checkpoint.bootstrap import bootstrap
+
+    root = run.path("base")
+    if root.exists():
+        shutil.rmtree(root)
+    source = Path(run.cfg.base_model) if run.cfg.base_model else None
+    version = bootstrap(root, source, seed=run.cfg.seed)
+    return {"version": version.manifest.model_version, "base_model": version.manifest.base_model}
+
+
+async def stage_sample(run: Run) -> dict[str, Any]:
+    from service.engines.factory import load_formatter, load_generator
+    from trainer.critiques import sample_and_judge
+
+    settings = engine_settings(run)
+    version = base_version(run)
+    fmt = load_formatter(version, settings)
+    pairs = read_jsonl(run.path("train.jsonl"))
+    generator = await asyncio.to_thread(load_generator, version, settings)
+    try:
+        records, stats = await sample_and_judge(generator, fmt, pairs, run.cfg.sampling)
+    finally:
+        generator.shutdown()
+    write_records(records, run.path("critiques.jsonl"))
+    return {
+        "pairs": len(pairs),
+        "critiques": stats.critiques,
+        "unparseable_dropped": stats.unparseable,
+        "per_category": stats.per_category,
+    }
+
+
+def stage_filter(run: Run) -> dict[str, Any]:
+    from trainer.critiques import scored
+    from trainer.selection import filter_pairs
+
+    records = read_records(run.path("critiques.jsonl"))
+    kept, report = filter_pairs(
+        records,
+        [r["pair"].get("category", "general") for r in records],
+        [scored(r, "chosen") for r in records],
+        [scored(r, "rejected") for r in records],
+    )
+    write_records(kept, run.path("filtered.jsonl"))
+    return {"kept": len(kept), "pairs": len(records), "report": report.to_json()}
+
+
+async def stage_refine(run: Run) -> dict[str, Any]:
+    from service.engines.factory import load_formatter, load_generator
+    from trainer.critiques import refine
+
+    records = read_records(run.path("filtered.jsonl"))
+    if not records:
+        raise RuntimeError("the instance filter kept no pair; nothing to refine or train on")
+    settings = engine_settings(run)
+    version = base_version(run)
+    fmt = load_formatter(version, settings)
+    generator = await asyncio.to_thread(load_generator, version, settings)
+    try:
+        refined = await refine(
+            generator, fmt, records, run.cfg.refine, run.cfg.sampling, run.cfg.seed
+        )
+    finally:
+        generator.shutdown()
+    write_records(refined, run.path("refined.jsonl"))
+    per = [len(r["chosen_train"]) for r in refined] + [len(r["rejected_train"]) for r in refined]
+    return {
+        "method": run.cfg.refine.method,
+        "pairs": len(refined),
+        "critiques_per_response": per and min(per),
+    }
+
+
+def stage_train(run: Run) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from service.engines.factory import load_formatter
+    from trainer.examples import build_examples
+    from trainer.model import build_policy, resolve_device, save_delta
+    from trainer.train import set_seed, train
+
+    cfg, t = run.cfg, run.cfg.train
+    version = base_version(run)
+    fmt = load_formatter(version, engine_settings(run))
+    critic = t.mode == "critic"
+    if critic:
+        records = read_records(run.path("refined.jsonl"))
+    else:
+        records = [{"pair": p.to_json()} for p in read_jsonl(run.path("train.jsonl"))]
+    examples = build_examples(
+        fmt,
+        records,
+        with_critiques=critic,
+        max_critique_tokens=cfg.sampling.max_tokens,
+        max_len=t.max_len,
+    )
+    set_seed(cfg.seed)
+    device = resolve_device(t.device)
+    lm = AutoModelForCausalLM.from_pretrained(version.generator_path, dtype=torch.float32)
+    head = load_file(str(version.scorer_path / REWARD_HEAD_FILE))[REWARD_HEAD_KEY]
+    policy = build_policy(
+        lm,
+        head,
+        lora=t.lora if t.lora.enabled else None,
+        trainable_layers=t.trainable_layers,
+        dtype=getattr(torch, t.dtype),
+        device=device,
+    )
+    trainable = sum(p.numel() for p in policy.trainable_named().values())
+    pad = fmt.tokenizer.pad_token_id
+    pad_id = int(pad if pad is not None else fmt.tokenizer.eos_token_id)
+    result = train(
+        policy, examples, t, seed=cfg.seed, pad_id=pad_id, log_path=run.path("train_log.jsonl")
+    )
+    manifest = version.manifest
+    save_delta(
+        policy,
+        run.path("delta"),
+        {
+            "name": cfg.export.name,
+            "base_model": cfg.base_model,
+            "templates": manifest.templates.model_dump(),
+            "reward_token": manifest.reward_token,
+            "sampling": SamplingDefaults(max_critique_tokens=cfg.sampling.max_tokens).model_dump(),
+            "metrics": {"trainer": trainer_info(run)},
+        },
+    )
+    return {
+        "examples": len(examples),
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "device": str(device),
+        "trainable_params": trainable,
+        "loss_c_first": result.mean("loss_c", first=True),
+        "loss_c_last": result.mean("loss_c", first=False),
+        "loss_r_first": result.mean("loss_r", first=True),
+        "loss_r_last": result.mean("loss_r", first=False),
+    }
+
+
+def stage_export(run: Run) -> dict[str, Any]:
+    from trainer.export import assemble
+
+    root = run.path("checkpoints")
+    if root.exists():
+        shutil.rmtree(root)
+    version = assemble(run.path("delta"), root)
+    return {"version": version.manifest.model_version, "path": str(version.path)}
+
+
+async def stage_eval(run: Run) -> dict[str, Any]:
+    from service.checkpoint.store import CheckpointError
+    from trainer.evaluate import evaluate, resolve_checkpoint, write_report
+
+    e = run.cfg.eval
+    settings = engine_settings(run)
+    test = read_jsonl(run.path("test.jsonl"))[: e.max_pairs]
+    val = read_jsonl(run.path("val.jsonl"))[: e.stats_pairs]
+    own = Path(run.summary("export")["path"])
+    results = [await evaluate(own, test, e.ms, settings, stats_pairs=val)]
+    labels = [f"{run.cfg.export.name} ({run.cfg.train.mode})"]
+    skipped = []
+    for label, path in e.compare.items():
+        try:
+            other = resolve_checkpoint(Path(path))
+        except (CheckpointError, OSError) as exc:
+            log.warning("eval.compare %s: %s; not compared", label, exc)
+            skipped.append({"label": label, "path": path, "error": str(exc)})
+            continue
+        results.append(await evaluate(other.path, test, e.ms, settings))
+        labels.append(label)
+    write_report(results, labels, run.path("eval"))
+    return {
+        "results": [{"label": lbl, **r} for lbl, r in zip(labels, results, strict=True)],
+        "not_compared": skipped,
+    }
+
+
+def stage_publish(run: Run) -> dict[str, Any]:
+    from trainer.export import assemble
+    from trainer.model import DELTA_FILE, read_delta
+
+    own = run.summary("eval")["results"][0]
+    train = run.summary("train")
+    metrics: dict[str, Any] = {
+        "trainer": trainer_info(run),
+        "eval": {"test_pairs": own["by_m"][next(iter(own["by_m"]))]["pairs"], "by_m": own["by_m"]},
+        "train": {k: v for k, v in train.items() if k not in ("stage", "digest")},
+    }
+    if run.cfg.train.mode == "critic":
+        metrics["filter"] = run.summary("filter")["report"]
+    stats = own.get("reward_stats")
+    root = Path(run.cfg.export.checkpoint_root)
+    version = assemble(
+        run.path("delta"),
+        root,
+        make_current=run.cfg.export.make_current,
+        metrics=metrics,
+        reward_stats=stats,
+    )
+    if run.cfg.export.delta_dir:
+        out = Path(run.cfg.export.delta_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for file in run.path("delta").iterdir():
+            if file.is_file() and file.name != DELTA_FILE:
+                shutil.copy2(file, out / file.name)
+        meta = read_delta(run.path("delta"))
+        meta.update(
+            metrics=metrics, reward_stats=stats, model_version=version.manifest.model_version
+        )
+        (out / DELTA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for file in run.path("eval").iterdir():
+            shutil.copy2(file, out / file.name)
+    return {"version": version.manifest.model_version, "root": str(root)}
