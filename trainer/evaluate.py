@@ -145,13 +145,13 @@ def plot(results: Sequence[dict[str, Any]], labels: Sequence[str], out: Path) ->
 
     all_ms = sorted({int(m) for r in results for m in r["by_m"]})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, res in zip(labels, results, strict=True):
+    for i, (label, res) in enumerate(zip(labels, results, strict=True)):
         ms = sorted(int(m) for m in res["by_m"])
         acc = [res["by_m"][str(m)]["overall"] for m in ms]
         if len(ms) == 1:
-            ax.axhline(acc[0], linestyle="--", label=f"{label} (m = {ms[0]})")
+            ax.axhline(acc[0], color=f"C{i}", linestyle="--", label=f"{label} (m = {ms[0]})")
         else:
-            ax.plot(ms, acc, marker="o", label=label)
+            ax.plot(ms, acc, color=f"C{i}", marker="o", label=label)
     ax.set_xscale("symlog", base=2, linthresh=1)
     ax.set_xticks(all_ms, [str(m) for m in all_ms])
     ax.set_xlabel("critiques per response (m)")

@@ -187,6 +187,20 @@ def test_entrypoint_bootstraps_then_serves(fake_cli: tuple[dict[str, str], Path]
     ]
 
 
+def test_entrypoint_assembles_the_trained_default_delta_when_present(
+    fake_cli: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = fake_cli
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    (delta / "delta.json").write_text("{}")
+    assert run_entrypoint({**env, "CRITIC_RM_DEFAULT_DELTA": str(delta)}).returncode == 0
+    assert log.read_text().splitlines() == [
+        f"critic-rm assemble --if-missing --delta {delta} --checkpoint-root /checkpoints",
+        "critic-rm serve --checkpoint-root /checkpoints",
+    ]
+
+
 def test_entrypoint_passes_serve_flags_and_can_skip_bootstrap(
     fake_cli: tuple[dict[str, str], Path],
 ) -> None:

@@ -53,34 +53,32 @@ def tiny_llama(
 def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Path) -> None:
     root = tmp_path / "published"
     delta_dir = tmp_path / "delta"
-    cfg = load_config(
-        None,
-        [
-            f"out_dir={tmp_path / 'run'}",
-            f"base_model={tiny_llama}",
-            "data.per_category=8",
-            "data.val_fraction=0.15",
-            "data.test_fraction=0.25",
-            "sampling.num_critiques=3",
-            "sampling.max_tokens=12",
-            "refine.method=ranking",
-            "refine.k=1",
-            "train.epochs=2",
-            "train.pairs_per_step=4",
-            "train.micro_batch=2",
-            "train.lr=0.01",
-            "train.head_lr=0.05",
-            "train.lora.r=4",
-            "train.lora.alpha=8",
-            "eval.ms=[0, 1, 2]",
-            "eval.stats_pairs=4",
-            f"export.checkpoint_root={root}",
-            f"export.delta_dir={delta_dir}",
-            "export.name=tiny-critic",
-            "engine.max_model_len=512",
-            "engine.kv_cache_gib=0.25",
-        ],
-    )
+    overrides = [
+        f"out_dir={tmp_path / 'run'}",
+        f"base_model={tiny_llama}",
+        "data.per_category=8",
+        "data.val_fraction=0.15",
+        "data.test_fraction=0.25",
+        "sampling.num_critiques=3",
+        "sampling.max_tokens=12",
+        "refine.method=ranking",
+        "refine.k=1",
+        "train.epochs=2",
+        "train.pairs_per_step=4",
+        "train.micro_batch=2",
+        "train.lr=0.01",
+        "train.head_lr=0.05",
+        "train.lora.r=4",
+        "train.lora.alpha=8",
+        "eval.ms=[0, 1, 2]",
+        "eval.stats_pairs=4",
+        f"export.checkpoint_root={root}",
+        f"export.delta_dir={delta_dir}",
+        "export.name=tiny-critic",
+        "engine.max_model_len=512",
+        "engine.kv_cache_gib=0.25",
+    ]
+    cfg = load_config(None, overrides)
     markers = run_pipeline(cfg)
     assert list(markers) == list(STAGES)
 
@@ -137,3 +135,11 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
         assert body["model_version"] == manifest.model_version
         assert math.isfinite(body["results"][0]["reward"])
         assert len(body["results"][0]["critiques"]) == 2
+
+    # Summarization refinement on the real engine: K meta-critiques per response.
+    summarized = run_pipeline(
+        load_config(None, [*overrides, "refine.method=summarization", "refine.k=2"]), until="refine"
+    )
+    assert summarized["refine"]["method"] == "summarization"
+    refined = [json.loads(x) for x in (tmp_path / "run" / "refined.jsonl").read_text().splitlines()]
+    assert refined and all(len(r["chosen_train"]) == len(r["rejected_train"]) == 2 for r in refined)

@@ -107,6 +107,35 @@ def test_training_is_deterministic_under_a_seed(tiny_llama: Path, fmt: PromptFor
     ]
 
 
+def test_bf16_training_runs_and_keeps_a_float32_head(
+    tiny_llama: Path, fmt: PromptFormatter
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    set_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    policy = build_policy(
+        lm,
+        torch.randn(1, lm.config.hidden_size) * 0.02,
+        lora=LoraConfig(r=4, alpha=8),
+        trainable_layers=None,
+        dtype=torch.bfloat16,
+        device=torch.device("cpu"),
+    )
+    assert policy.head.weight.dtype == torch.float32
+    examples = build_examples(
+        fmt, _records(), with_critiques=True, max_critique_tokens=32, max_len=512
+    )
+    cfg = CFG.model_copy(update={"epochs": 2, "dtype": "bfloat16", "constant_lambda": 0.5})
+    result = train(policy, examples, cfg, seed=0, pad_id=2, progress=False)
+    assert all(
+        r["loss_c"] is not None
+        and r["loss_r"] is not None
+        and torch.isfinite(torch.tensor(r["loss_c"]))
+        for r in result.log
+    )
+
+
 def test_partial_training_freezes_lower_layers(tiny_llama: Path) -> None:
     policy = _policy(tiny_llama, lora=False, layers=1)
     names = set(policy.trainable_named())
@@ -149,3 +178,44 @@ def test_selected_nll_matches_the_masked_full_logits_loss() -> None:
     keep = mask[:, 1:].bool()
     sel = selected_nll(logits[:, :-1][keep], ids[:, 1:][keep])
     torch.testing.assert_close(sel, critique_nll(logits, ids, mask))
+
+
+def test_assemble_publishes_the_delta_once_with_its_metadata(
+    tiny_llama: Path, fmt: PromptFormatter, tmp_path: Path
+) -> None:
+    from service.checkpoint.manifest import SamplingDefaults
+    from service.checkpoint.store import CheckpointRoot
+    from service.cli import main
+    from trainer.export import assemble, find_assembled
+
+    policy, _, _ = _run(tiny_llama, fmt, epochs=2)
+    delta = tmp_path / "delta"
+    save_delta(
+        policy,
+        delta,
+        {
+            "name": "tiny",
+            "base_model": str(tiny_llama),
+            "templates": Templates().model_dump(),
+            "reward_token": "<|endoftext|>",
+            "sampling": SamplingDefaults(num_critiques=2).model_dump(),
+            "metrics": {"trainer": {"mode": "critic"}},
+            "reward_stats": {"mean": 0.5, "std": 2.0},
+        },
+    )
+    root = tmp_path / "root"
+    assert find_assembled(root, delta) is None
+    version = assemble(delta, root)
+    m = CheckpointRoot(root).resolve().manifest  # verifies hashes and READY
+    assert m.model_version == version.manifest.model_version
+    assert m.reward_head_trained and m.sampling.num_critiques == 2
+    assert m.reward_stats is not None and m.reward_stats.std == 2.0
+    assert (
+        m.metrics["trainer"] == {"mode": "critic"}
+        and find_assembled(root, delta) == m.model_version
+    )
+    assert (
+        main(["assemble", "--if-missing", "--delta", str(delta), "--checkpoint-root", str(root)])
+        == 0
+    )
+    assert CheckpointRoot(root).list_versions() == [m.model_version]
