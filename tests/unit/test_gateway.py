@@ -50,8 +50,22 @@ def test_score_shapes_and_mean(client: TestClient) -> None:
     assert res["cached"] is False
     assert body["usage"]["critique_tokens"] == 5 + 6 + 7
     assert body["usage"]["prompt_tokens"] > 0
-    assert any("untrained" in w for w in body["warnings"])
+    trained = client.app.state.service.runtime.manifest.reward_head_trained  # type: ignore[attr-defined]
+    assert any("untrained" in w for w in body["warnings"]) is not trained
     assert body["model_version"] == client.get("/info").json()["model_version"]
+
+
+def test_an_untrained_head_is_flagged_on_every_response(tiny_llama: Path, tmp_path: Path) -> None:
+    from service.checkpoint.bootstrap import bootstrap
+
+    bootstrap(tmp_path, tiny_llama)  # reward head initialised, marked untrained
+    app = create_app(make_settings(tmp_path), loader_for(tmp_path))
+    with TestClient(app) as c:
+        wait_ready(c)
+        body = c.post("/score", json={"items": [ITEM], "num_critiques": 1}).json()
+        assert any("untrained" in w for w in body["warnings"])
+        assert any("untrained" in w for w in c.get("/ready").json()["warnings"])
+        assert c.get("/info").json()["reward_head_trained"] is False
 
 
 def test_zero_critiques_scores_directly(client: TestClient) -> None:
