@@ -47,7 +47,6 @@ class SampleStats:
 
     critiques: int = 0
     unparseable: int = 0
-    truncated_prompts: int = 0
     per_category: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -138,13 +137,11 @@ async def refine(
         ]
         # A meta prompt longer than the context is not sent; its critique counts as ungraded.
         judge = score_spec(sampling.temperature)
-        sent = [p for p in prompts if fits(fmt, p, judge.max_tokens)]
+        ok = [fits(fmt, p, judge.max_tokens) for p in prompts]
+        sent = [p for p, fit in zip(prompts, ok, strict=True) if fit]
         judged, _ = await generator.generate(sent, [judge] * len(sent))
         answers = iter(judged)
-        meta = iter(
-            (parse_score(next(answers)[0].text) if fits(fmt, p, judge.max_tokens) else None)
-            for p in prompts
-        )
+        meta = iter(parse_score(next(answers)[0].text) if fit else None for fit in ok)
         for r, side in jobs:
             crits = scored(r, side)
             grades = [next(meta) for _ in crits]

@@ -18,23 +18,6 @@ from trainer.model import apply_delta, read_delta
 log = logging.getLogger(__name__)
 
 
-def load_base(base_model: str | None) -> tuple[Any, Any, str]:
-    """(causal LM in float32, tokenizer, label) of the base model."""
-    from service.checkpoint.bootstrap import (
-        DEFAULT_BASE_MODEL,
-        load_gguf_model,
-        load_hf_model,
-        packaged_gguf,
-    )
-
-    if base_model is None:
-        gguf = packaged_gguf()
-        model, tokenizer = load_gguf_model(gguf)
-        return model, tokenizer, f"{DEFAULT_BASE_MODEL} ({gguf.name})"
-    model, tokenizer = load_hf_model(Path(base_model))
-    return model.float(), tokenizer, str(base_model)
-
-
 def delta_digest(delta: Path) -> str:
     """sha256 over the delta's weight files: identifies the trained model across machines."""
     import hashlib
@@ -72,11 +55,13 @@ def assemble(
 ) -> CheckpointVersion:
     """Publish base model + delta as a version in `root` (content-addressed: publishing the same
     delta twice reuses the version)."""
+    from service.checkpoint.bootstrap import load_base_model
     from service.checkpoint.views import build_version
 
     meta = read_delta(delta)
-    lm, tokenizer, label = load_base(meta.get("base_model"))
-    merged, head = apply_delta(lm, delta)
+    base = meta.get("base_model")
+    lm, tokenizer, label, _ = load_base_model(Path(base) if base else None)
+    merged, head = apply_delta(lm, delta)  # merged in float32
     stats = reward_stats or meta.get("reward_stats")
     version = build_version(
         CheckpointRoot(root),

@@ -15,15 +15,13 @@ import asyncio
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from trainer.config import Config
+if TYPE_CHECKING:  # `critic-rm serve` imports this module for STAGES: keep it light
+    from trainer.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +102,8 @@ def run_pipeline(
     cfg: Config, *, from_stage: str | None = None, until: str | None = None
 ) -> dict[str, Any]:
     """Run the stages that are not done (or all from `from_stage`); returns every marker."""
+    import yaml
+
     from trainer import stages
 
     if from_stage is not None and from_stage not in STAGES:
@@ -136,10 +136,3 @@ def run_pipeline(
         if stage == until:
             break
     return markers
-
-
-def clean_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path

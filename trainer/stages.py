@@ -12,7 +12,13 @@ from typing import Any
 from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY, SamplingDefaults
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.settings import Settings
-from trainer.data.load import load_pairs, read_jsonl, write_jsonl
+from trainer.data.load import (
+    load_pairs,
+    read_json_lines,
+    read_jsonl,
+    write_json_lines,
+    write_jsonl,
+)
 from trainer.data.pairs import PreferencePair
 from trainer.pipeline import Run
 
@@ -29,16 +35,6 @@ def engine_settings(run: Run) -> Settings:
 
 def base_version(run: Run) -> CheckpointVersion:
     return CheckpointRoot(run.path("base")).resolve(verify_hashes=False)
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_records(records: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
 
 
 def _counts(pairs: list[PreferencePair]) -> dict[str, int]:
@@ -110,7 +106,7 @@ async def stage_sample(run: Run) -> dict[str, Any]:
         records, stats = await sample_and_judge(generator, fmt, pairs, run.cfg.sampling)
     finally:
         generator.shutdown()
-    write_records(records, run.path("critiques.jsonl"))
+    write_json_lines(records, run.path("critiques.jsonl"))
     return {
         "pairs": len(pairs),
         "critiques": stats.critiques,
@@ -123,14 +119,14 @@ def stage_filter(run: Run) -> dict[str, Any]:
     from trainer.critiques import scored
     from trainer.selection import filter_pairs
 
-    records = read_records(run.path("critiques.jsonl"))
+    records = read_json_lines(run.path("critiques.jsonl"))
     kept, report = filter_pairs(
         records,
         [r["pair"].get("category", "general") for r in records],
         [scored(r, "chosen") for r in records],
         [scored(r, "rejected") for r in records],
     )
-    write_records(kept, run.path("filtered.jsonl"))
+    write_json_lines(kept, run.path("filtered.jsonl"))
     return {"kept": len(kept), "pairs": len(records), "report": report.to_json()}
 
 
@@ -138,7 +134,7 @@ async def stage_refine(run: Run) -> dict[str, Any]:
     from service.engines.factory import load_formatter, load_generator
     from trainer.critiques import refine
 
-    records = read_records(run.path("filtered.jsonl"))
+    records = read_json_lines(run.path("filtered.jsonl"))
     if not records:
         raise RuntimeError("the instance filter kept no pair; nothing to refine or train on")
     settings = engine_settings(run)
@@ -151,7 +147,7 @@ async def stage_refine(run: Run) -> dict[str, Any]:
         )
     finally:
         generator.shutdown()
-    write_records(refined, run.path("refined.jsonl"))
+    write_json_lines(refined, run.path("refined.jsonl"))
     per = [len(r["chosen_train"]) for r in refined] + [len(r["rejected_train"]) for r in refined]
     return {
         "method": run.cfg.refine.method,
@@ -175,7 +171,7 @@ def stage_train(run: Run) -> dict[str, Any]:
     fmt = load_formatter(version, engine_settings(run))
     critic = t.mode == "critic"
     if critic:
-        records = read_records(run.path("refined.jsonl"))
+        records = read_json_lines(run.path("refined.jsonl"))
     else:
         records = [{"pair": p.to_json()} for p in read_jsonl(run.path("train.jsonl"))]
     examples = build_examples(

@@ -72,6 +72,7 @@ class PathRun:
     rewards: list[float]  # one per pair, in workload order
     breakdown_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    float32: bool = True  # computes in float32: held to the tight reward tolerance
 
     @property
     def pairs_per_s(self) -> float:

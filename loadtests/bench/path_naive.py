@@ -114,5 +114,6 @@ def run(
         rewards=[r["reward"] for r in results],
         breakdown_s=stages,
         notes=["latency is per batch of pairs"],
+        float32=dtype == "float32",
     )
     return run_, results

@@ -126,5 +126,6 @@ def run(
         computed_tokens=tokens,
         rewards=rewards,
         notes=["bf16: rewards differ from the float32 scorer by bf16 rounding"],
+        float32=False,
     )
     return run_, [{"reward": r, "critique_rewards": [], "critiques": []} for r in rewards]

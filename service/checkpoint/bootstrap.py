@@ -55,6 +55,19 @@ def load_hf_model(path: Path) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def load_base_model(source: Path | None) -> tuple[Any, Any, str, str]:
+    """(causal LM, tokenizer, base-model label, short name) of the packaged SmolLM2 GGUF
+    (`source` None) or an HF causal-LM directory; the trainer builds on the same base."""
+    if source is None:
+        gguf = packaged_gguf()
+        log.info("loading the packaged GGUF %s", gguf)
+        model, tokenizer = load_gguf_model(gguf)
+        return model, tokenizer, f"{DEFAULT_BASE_MODEL} ({gguf.name})", "smollm2-135m-instruct"
+    log.info("loading HF directory %s", source)
+    model, tokenizer = load_hf_model(source)
+    return model, tokenizer, str(source), Path(source).name
+
+
 def bootstrap(
     root: Path,
     source: Path | None = None,
@@ -67,15 +80,7 @@ def bootstrap(
     from service.checkpoint.manifest import Manifest
     from service.checkpoint.views import build_version, init_reward_head
 
-    if source is None:
-        gguf = packaged_gguf()
-        log.info("bootstrapping from packaged GGUF %s", gguf)
-        model, tokenizer = load_gguf_model(gguf)
-        base_model, name = f"{DEFAULT_BASE_MODEL} ({gguf.name})", "smollm2-135m-instruct"
-    else:
-        log.info("bootstrapping from HF directory %s", source)
-        model, tokenizer = load_hf_model(source)
-        base_model, name = str(source), Path(source).name
+    model, tokenizer, base_model, name = load_base_model(source)
     token = reward_token or Manifest.model_fields["reward_token"].default
     if token not in tokenizer.get_vocab():
         token = tokenizer.eos_token  # a model without <|endoftext|>: fall back to its EOS

@@ -101,12 +101,12 @@ class PromptFormatter:
         self.tokenizer = tokenizer
         self.templates = templates
         self.max_model_len = max_model_len
-        ids = self._encode(reward_token)
+        ids = self.encode(reward_token)
         if len(ids) != 1:
             raise ValueError(f"reward token {reward_token!r} is not a single token: {ids}")
         self.reward_ids = ids
-        self._prefix_ids = self._encode(templates.critique_prefix)
-        self._suffix_ids = self._encode(templates.critique_suffix)
+        self._prefix_ids = self.encode(templates.critique_prefix)
+        self._suffix_ids = self.encode(templates.critique_suffix)
         self.markers = find_chat_markers(self._chat)
         probe = self.parse_rendered(self._chat([{"role": "user", "content": "x"}], False))
         # A system message the template adds by itself; dropped when parsing rendered prompts so
@@ -116,7 +116,8 @@ class PromptFormatter:
         )
 
     # ---- token helpers
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens added)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _chat(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
@@ -130,14 +131,10 @@ class PromptFormatter:
 
     def chat_ids(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """Token ids of `messages` rendered with the checkpoint's chat template."""
-        return self._encode(self._chat(messages, add_generation_prompt))
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of plain text (no special tokens added)."""
-        return self._encode(text)
+        return self.encode(self._chat(messages, add_generation_prompt))
 
     def count(self, text: str) -> int:
-        return len(self._encode(text))
+        return len(self.encode(text))
 
     # ---- rendered conversations (RLHF frameworks send decoded prompt + response text)
     def split_rendered(self, query: str, prompt: str | None = None) -> tuple[list[Message], str]:
@@ -202,7 +199,7 @@ class PromptFormatter:
                     messages.pop()  # the generation prompt
                 if messages:
                     return messages
-        plain = self.tokenizer.decode(self._encode(text), skip_special_tokens=True).strip()
+        plain = self.tokenizer.decode(self.encode(text), skip_special_tokens=True).strip()
         return [{"role": "user", "content": plain}]
 
     # ---- engine inputs
@@ -218,13 +215,13 @@ class PromptFormatter:
 
     def score_prefix_ids(self, messages: Sequence[Message], response: str) -> list[int]:
         chat = [*messages, {"role": "assistant", "content": response}]
-        return self._encode(self._chat(chat, add_generation_prompt=False))
+        return self.encode(self._chat(chat, add_generation_prompt=False))
 
     def score_ids(self, prefix: list[int], critique: str | None) -> list[int]:
         """[x; y] (+ critique block) + reward token; the reward is read at the last position."""
         if critique is None:
             return prefix + self.reward_ids
-        body = self._encode(critique)
+        body = self.encode(critique)
         room = self.max_model_len - len(prefix) - len(self._prefix_ids) - len(self._suffix_ids) - 1
         # A re-tokenised critique can be a few tokens longer than generated; keep the tail fixed.
         body = body[: max(room, 0)]
@@ -278,7 +275,7 @@ class PromptFormatter:
         if not rest:
             return None
         first, later = rest[0], rest[1:]
-        ids = self._encode(first["content"])
+        ids = self.encode(first["content"])
         if len(ids) <= excess:
             if not later:
                 return None if len(ids) == 0 else [*keep_head, {**first, "content": ""}]

@@ -113,10 +113,19 @@ def load_pairs(path: Path) -> list[PreferencePair]:
     return read_jsonl(path)
 
 
-def write_jsonl(pairs: Iterable[PreferencePair], path: Path) -> None:
+def write_json_lines(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+    """One JSON object per line, written to a temporary file and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w") as f:
-        for p in pairs:
-            f.write(json.dumps(p.to_json()) + "\n")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
     tmp.replace(path)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(pairs: Iterable[PreferencePair], path: Path) -> None:
+    write_json_lines((p.to_json() for p in pairs), path)
