@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from service.api.auth import KeySource
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
 from service.cache.store import MemoryCache, RedisCache, ResultCache
+from service.core.errors import ShuttingDown, public_message
 from service.core.reload import ReloadWatcher
 from service.core.service import RewardService, RuntimeLoader
 from service.engines.factory import load_runtime
@@ -37,9 +39,11 @@ async def start_serving(service: RewardService) -> None:
     try:
         await service.reload(service.settings.model_version)
         log.info("ready after %.1fs", time.perf_counter() - t0)
+    except ShuttingDown:
+        log.info("shutdown during start-up: the first load was abandoned")
     except Exception as exc:
         service.state = "failed"
-        service.error = f"model load failed: {type(exc).__name__}: {exc}"
+        service.error = public_message(f"model load failed: {type(exc).__name__}: {exc}")
         log.exception("model load failed")
 
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None, loader: RuntimeLoader | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("settings: %s", settings.masked())
+        app.state.keys.state()  # logs whether auth is open, keyed or denying everything
         service = RewardService(settings, metrics, make_cache(settings, metrics), load)
         app.state.service = service
         watcher = ReloadWatcher(service)
@@ -79,13 +84,23 @@ def create_app(settings: Settings | None = None, loader: RuntimeLoader | None = 
         version="0.1.0",
         description="Critic-RM reward service: sampled critiques + reward head, averaged.",
         lifespan=lifespan,
+        # Served by routes of our own, behind the API key once keys are configured.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.keys = KeySource.from_settings(settings)
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(router)
 
     # Outermost first: refuse oversized bodies before anything reads them; count everything.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -99,12 +99,18 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Largest deadline a request may ask for."
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Request body limit; 413.")
+    body_read_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a client may take to send a request body; 408."
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys accepted on scoring routes (comma-separated); empty: open.",
+        description="Bearer keys accepted on scoring routes (comma-separated). Set, even to an "
+        "empty string, it turns auth on; with no key source at all the service is open.",
     )
     api_keys_file: Path | None = Field(
-        None, description="File with one accepted API key per line (added to api_keys)."
+        None,
+        description="File with one accepted API key per line ('#' comments), re-read when it "
+        "changes; set, it turns auth on, and an empty, missing or unreadable file denies.",
     )
     admin_api_key: str | None = Field(None, description="Bearer key for /admin/* routes.")
 
@@ -138,15 +144,6 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    def scoring_keys(self) -> list[str]:
-        """Accepted scoring keys: api_keys plus the lines of api_keys_file (read on each call,
-        so a mounted Secret can be rotated without a restart)."""
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            lines = self.api_keys_file.read_text().splitlines()
-            keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
-        return keys
-
     def masked(self) -> dict[str, Any]:
         """The resolved settings for the start-up log, with secrets masked."""
         data = self.model_dump(mode="json")
@@ -155,6 +152,7 @@ class Settings(BaseSettings):
         data["api_keys"] = [f"***{len(data['api_keys'])} keys"] if data["api_keys"] else []
         if data.get("admin_api_key"):
             data["admin_api_key"] = "***"
+
         return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +19,16 @@ from service.core.errors import (
     NotReady,
     Overloaded,
     ReloadFailed,
+    ShuttingDown,
+    public_message,
 )
 
 log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
-    """401 (no credentials) or 403 (credentials not valid for this route)."""
+    """401 (no credentials), 403 (credentials not valid for this route) or 503 (no key source
+    can be checked: every request is denied until it is fixed)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -66,7 +70,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        # The deepest location is the most specific: a prompt that is a list of messages with
+        # a bad role fails both union branches, and `prompt[0].role` says more than `prompt`.
+        first = (
+            max(errors, key=lambda e: len(e.get("loc", ())))
+            if errors
+            else {"loc": ("body",), "msg": "invalid request"}
+        )
         if first.get("type") == "json_invalid":
             return error_response(400, "invalid_json", f"malformed JSON: {first['msg']}", "body")
         field = field_path(first.get("loc", ("body",)))
@@ -77,16 +87,23 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def _invalid(_req: Request, exc: InvalidRequest) -> JSONResponse:
         return error_response(
-            exc.status, "invalid_request", f"{exc.field}: {exc.message}", exc.field
+            exc.status,
+            "invalid_request",
+            public_message(f"{exc.field}: {exc.message}"),
+            exc.field,
         )
 
     @app.exception_handler(NotReady)
     async def _not_ready(_req: Request, exc: NotReady) -> JSONResponse:
-        return error_response(503, "not_ready", str(exc), None, **{"Retry-After": "5"})
+        return error_response(
+            503, "not_ready", public_message(str(exc)), None, **{"Retry-After": "5"}
+        )
 
     @app.exception_handler(EngineFailure)
     async def _engine(_req: Request, exc: EngineFailure) -> JSONResponse:
-        return error_response(503, "engine_error", str(exc), None, **{"Retry-After": "1"})
+        return error_response(
+            503, "engine_error", public_message(str(exc)), None, **{"Retry-After": "1"}
+        )
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:
@@ -96,7 +113,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ReloadFailed)
     async def _reload_failed(_req: Request, exc: ReloadFailed) -> JSONResponse:
-        return error_response(503, "reload_failed", str(exc))
+        return error_response(503, "reload_failed", public_message(str(exc)))
+
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(_req: Request, exc: ShuttingDown) -> JSONResponse:
+        return error_response(503, "shutting_down", str(exc), None, **{"Retry-After": "1"})
 
     @app.exception_handler(DeadlineExceeded)
     async def _deadline(_req: Request, exc: DeadlineExceeded) -> JSONResponse:
@@ -105,24 +126,27 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def _auth(_req: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        return error_response(
-            exc.status,
-            "unauthorized" if exc.status == 401 else "forbidden",
-            exc.message,
-            None,
-            **headers,
-        )
+        if exc.status == 503:
+            headers["Retry-After"] = "5"
+        code = {401: "unauthorized", 403: "forbidden"}.get(exc.status, "auth_unavailable")
+        return error_response(exc.status, code, exc.message, None, **headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
-        field = "body" if exc.status_code == 413 else None
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
+        field = "body" if exc.status_code in (408, 413) else None
         headers = dict(exc.headers or {})  # e.g. Allow on a 405
         return error_response(exc.status_code, code, str(exc.detail), field, **headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        # The exception text can hold server paths and internals: it goes to the log under an
+        # id the client can quote, never into the answer.
+        incident = uuid.uuid4().hex[:12]
+        log.exception("request failed (incident %s)", incident)
+        return error_response(500, "internal_error", f"internal error (incident {incident})")

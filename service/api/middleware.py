@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -47,11 +48,16 @@ def _too_large(max_bytes: int) -> HTTPException:
 
 
 class BodyLimit:
-    """413 for request bodies over `max_bytes`, by Content-Length or as they stream in."""
+    """413 for request bodies over `max_bytes`, by Content-Length or as they stream in; 408 for
+    a body not received within `read_timeout_s` of the request's start (a client that sends a
+    body slowly, or stops half-way, must not hold a connection and its handler open)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, read_timeout_s: float, metrics: Metrics
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
         self.metrics = metrics
 
     async def _reject(self, send: Send) -> None:
@@ -86,15 +92,28 @@ class BodyLimit:
                 await self._reject(send)
                 return
         seen = 0
+        body_done = False
+        deadline = time.monotonic() + self.read_timeout_s
 
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal seen, body_done
+            if body_done:  # only a disconnect can come now: no deadline on waiting for it
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                self.metrics.request_failures.labels("body_timeout").inc()
+                raise HTTPException(
+                    408, f"request body not received within {self.read_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     self.metrics.request_failures.labels("body_too_large").inc()
                     raise _too_large(self.max_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, guarded_receive, send)

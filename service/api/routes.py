@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.errors import AuthError, error_response
+from service.api.auth import key_source, require_admin_key, require_api_key
+from service.api.errors import error_response
 from service.api.schemas import (
     CritiqueOut,
     CritiqueRequest,
@@ -28,7 +29,8 @@ from service.api.schemas import (
     Usage,
 )
 from service.checkpoint.store import CheckpointError
-from service.core.errors import InvalidRequest, ReloadFailed
+from service.core.errors import InvalidRequest, ReloadFailed, ShuttingDown, public_message
+from service.core.formatting import ROLES
 from service.core.service import RewardService, ScoreOptions
 from service.engines.dtype import generator_dtype
 from service.engines.factory import ModelRuntime
@@ -38,7 +40,7 @@ T = TypeVar("T")
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 422, 429, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 408, 413, 422, 429, 503, 504)
 }
 
 
@@ -48,38 +50,6 @@ DEADLINE_HEADER = "X-Request-Timeout"
 def get_service(request: Request) -> RewardService:
     service: RewardService = request.app.state.service
     return service
-
-
-def require_api_key(request: Request) -> None:
-    """Bearer key check for scoring routes; open when no keys are configured. Every configured
-    key is compared in constant time, so timing does not reveal which prefix matched."""
-    keys = request.app.state.settings.scoring_keys()
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError(401, "missing bearer token (Authorization: Bearer <api key>)")
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token.encode(), key.encode())
-    if not ok:
-        raise AuthError(403, "invalid API key")
-
-
-async def require_admin_key(request: Request) -> None:
-    """/admin/* needs CRM_ADMIN_API_KEY when one is set; without one, admin routes are open only
-    on a service whose scoring routes are open too (local use), else refused."""
-    settings = request.app.state.settings
-    admin = settings.admin_api_key
-    if admin is None:
-        if settings.scoring_keys():
-            raise AuthError(403, "admin API disabled: set CRM_ADMIN_API_KEY")
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError(401, "missing bearer token (Authorization: Bearer <admin key>)")
-    if not hmac.compare_digest(token.encode(), admin.encode()):
-        raise AuthError(403, "not an admin key")
 
 
 async def request_deadline(
@@ -112,6 +82,10 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | Resp
     watcher = asyncio.ensure_future(until_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # the handler itself was cancelled: its queued items must go too
+        task.add_done_callback(_retrieve)
+        raise
     finally:
         watcher.cancel()
     if task.done():
@@ -121,6 +95,12 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | Resp
         await task
     request.app.state.metrics.request_failures.labels("client_disconnected").inc()
     return error_response(499, "client_closed_request", "client disconnected")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Nobody waits for an abandoned handler's outcome: mark it seen (no asyncio warning)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @router.post(
@@ -219,10 +199,19 @@ async def _get_reward(
     pairs: list[tuple[Any, str]] = []
     for i, query in enumerate(body.query):
         prompt = body.prompts[i] if body.prompts is not None else None
+        if len(query) > runtime.formatter.max_chars:
+            raise InvalidRequest(
+                f"query[{i}]", f"over {runtime.formatter.max_chars} characters: cannot fit"
+            )
         try:
             messages, response = runtime.formatter.split_rendered(query, prompt)
         except ValueError as exc:
             raise InvalidRequest(f"query[{i}]", str(exc)) from exc
+        bad = [m["role"] for m in messages if m["role"] not in ROLES]
+        if bad:
+            raise InvalidRequest(
+                f"query[{i}]", f"chat role {bad[0][:32]!r} is not one of {', '.join(ROLES)}"
+            )
         if not response.strip():
             raise InvalidRequest(f"query[{i}]", "the response part is empty")
         pairs.append((messages, response))
@@ -253,18 +242,22 @@ async def admin_reload(
     service: Service, request: Request, body: ReloadRequest | None = None
 ) -> dict[str, Any]:
     """Load a version (default: the root's `current`) beside the served one, swap, announce it
-    to the other replicas. A version given here is pinned until a reload without one."""
+    to the other replicas. A version given here is pinned until a reload without one; naming
+    the version already served changes nothing but the pin."""
     version = body.version if body is not None else None
     try:
         outcome = await service.reload(version)
     except CheckpointError as exc:
         raise InvalidRequest("version", str(exc)) from exc
+    except ShuttingDown:
+        raise
     except Exception as exc:
         raise ReloadFailed(
             f"{type(exc).__name__}: {exc}; still serving the previous version"
         ) from exc
     service.follow_current = version is None
-    await request.app.state.watcher.announce(version)
+    if outcome.status == "reloaded":
+        await request.app.state.watcher.announce(version)
     return {
         "status": outcome.status,
         "model_version": outcome.model_version,
@@ -280,33 +273,50 @@ async def health(service: Service) -> JSONResponse:
     if service.engine_suspect and not service.engine_dead:
         await service.probe()
     if service.engine_dead:
-        return JSONResponse({"status": "dead", "error": service.error}, status_code=503)
+        return JSONResponse(
+            {"status": "dead", "error": public_message(service.error or "")}, status_code=503
+        )
     return JSONResponse({"status": "alive"})
 
 
 @router.get("/ready", responses={503: {"description": "Not ready"}})
-async def ready(service: Service) -> JSONResponse:
-    """Readiness: engines loaded and warmed up."""
+async def ready(service: Service, request: Request) -> JSONResponse:
+    """Readiness: engines loaded and warmed up, and API keys that can be checked (a replica
+    whose key source is broken denies everything, so it takes no traffic)."""
     runtime = service.runtime
+    auth = key_source(request).state()
     if service.state != "ready" or runtime is None:
-        body = {"status": service.state, "error": service.error}
+        error = public_message(service.error) if service.error else None
+        body = {"status": service.state, "error": error, "auth": auth.mode}
         return JSONResponse(body, status_code=503)
+    if auth.mode == "unavailable":
+        body = {"status": "auth_unavailable", "error": auth.reason, "auth": auth.mode}
+        return JSONResponse(body, status_code=503)
+    warnings = service.model_warnings(runtime)
+    if auth.mode == "open":
+        warnings = [*warnings, OPEN_WARNING]
+    elif auth.reason:
+        warnings = [*warnings, f"auth: {auth.reason}"]
     return JSONResponse(
         {
             "status": "ready",
             "model_version": runtime.model_version,
-            "warnings": service.model_warnings(runtime),
+            "auth": auth.mode,
+            "warnings": warnings,
         }
     )
 
 
-@router.get("/info")
+OPEN_WARNING = "auth is open: no API key source is configured (set CRM_API_KEYS_FILE)"
+
+
+@router.get("/info", dependencies=[Depends(require_api_key)], responses=ERRORS)
 async def info(service: Service) -> dict[str, Any]:
-    """What is served, with which defaults and limits."""
+    """What is served, with which defaults and limits (no server paths)."""
     s = service.settings
     out: dict[str, Any] = {
         "status": service.state,
-        "error": service.error,
+        "error": public_message(service.error) if service.error else None,
         "limits": {
             "max_items_per_request": s.max_items_per_request,
             "max_num_critiques": s.max_num_critiques,
@@ -330,15 +340,32 @@ async def info(service: Service) -> dict[str, Any]:
         m = runtime.manifest
         out.update(
             model_version=m.model_version,
-            base_model=m.base_model,
+            # A base model loaded from a directory is named by the directory alone.
+            base_model=m.base_model.rsplit("/", 1)[-1]
+            if m.base_model.startswith("/")
+            else m.base_model,
             reward_head_trained=m.reward_head_trained,
             reward_stats=m.reward_stats.model_dump() if m.reward_stats else None,
             defaults=m.sampling.model_dump(),
             reward_token=m.reward_token,
             warnings=service.model_warnings(runtime),
         )
-    out["reload"] = {"follow_current": service.follow_current, "last": service.last_reload}
+    last = service.last_reload
+    if last is not None and isinstance(last.get("error"), str):
+        last = {**last, "error": public_message(str(last["error"]))}
+    out["reload"] = {"follow_current": service.follow_current, "last": last}
     return out
+
+
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+async def openapi(request: Request) -> JSONResponse:
+    """The API schema; behind the scoring key once keys are configured."""
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+async def docs() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="critic-rm")
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

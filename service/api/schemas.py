@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -11,10 +13,12 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: str = Field(min_length=1, max_length=32)
+    # The roles of core.formatting.ROLES: any other would be rendered verbatim into the chat
+    # template, a prompt-injection path into the critique and the reward.
+    role: Literal["system", "user", "assistant"]
     content: str
 
-    @field_validator("role", "content")
+    @field_validator("content")
     @classmethod
     def _text(cls, value: str) -> str:
         return _utf8(value, "message text")
@@ -183,4 +187,11 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str | None = Field(None, description="Version to load; default: the root's current.")
+    version: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="Version id to load (and pin); omit it (not an empty string) to follow "
+        "the root's current pointer.",
+    )

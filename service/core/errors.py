@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class InvalidRequest(Exception):
     """Input the service refuses; `field` names where (e.g. "items[3].prompt")."""
@@ -35,3 +37,16 @@ class DeadlineExceeded(Exception):
 
 class ReloadFailed(Exception):
     """A new version could not be loaded; the previous one keeps serving."""
+
+
+class ShuttingDown(Exception):
+    """The service is stopping: the client should retry on another replica (503)."""
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)*[\w.@+~-]+")
+
+
+def public_message(text: str) -> str:
+    """An error text fit for a public answer: absolute server paths become `<path>` (the
+    full text goes to the log)."""
+    return _ABS_PATH.sub("<path>", text)

@@ -17,6 +17,12 @@ from service.checkpoint.manifest import Templates
 
 Message = dict[str, str]
 
+# The chat roles a prompt may use: every chat template renders these three; any other role
+# would be rendered verbatim into the template (a prompt-injection path).
+ROLES = ("system", "user", "assistant")
+# Put inside a control-token string found in client text, so the tokenizer no longer sees it.
+_WORD_JOINER = "\u2060"
+
 
 class InputTooLongError(ValueError):
     """An item does not fit the model context; `field` names the part to blame."""
@@ -105,6 +111,15 @@ class PromptFormatter:
         if len(ids) != 1:
             raise ValueError(f"reward token {reward_token!r} is not a single token: {ids}")
         self.reward_ids = ids
+        # Special-token strings (e.g. "<|im_start|>") in client text would be tokenised as the
+        # real control tokens; longest first, so a token containing another is caught whole.
+        self._controls = sorted(_control_strings(tokenizer), key=len, reverse=True)
+        # No token covers more characters than its vocabulary string (byte-level BPE strings
+        # have one character per byte), so text longer than max_model_len tokens of that size
+        # cannot fit: refused (or cut) before it is tokenised at all.
+        self.max_chars = max_model_len * max(
+            [len(t) for t in tokenizer.get_vocab()] + [len(t) for t in self._controls] + [1]
+        )
         self._prefix_ids = self.encode(templates.critique_prefix)
         self._suffix_ids = self.encode(templates.critique_suffix)
         self.markers = find_chat_markers(self._chat)
@@ -113,6 +128,30 @@ class PromptFormatter:
         # they become the same messages a /score caller would send.
         self._default_system = (
             probe[0] if len(probe) == 2 and probe[0]["role"] == "system" else None
+        )
+
+    # ---- client text
+    def neutralise(self, text: str) -> str:
+        """Client text with any control-token string broken up, so it stays plain text."""
+        for control in self._controls:
+            if control in text:
+                text = text.replace(control, control[0] + _WORD_JOINER + control[1:])
+        return text
+
+    def check_length(
+        self, prompt: str | Sequence[Message], response: str, truncate_prompt: bool = False
+    ) -> None:
+        """InputTooLongError, before any tokenising, for text that cannot fit the context."""
+        if len(response) > self.max_chars:
+            raise InputTooLongError("response", self._chars_message(len(response)))
+        chars = len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+        if chars > self.max_chars and not truncate_prompt:
+            raise InputTooLongError("prompt", self._chars_message(chars))
+
+    def _chars_message(self, chars: int) -> str:
+        return (
+            f"{chars} characters cannot fit the model context of {self.max_model_len} tokens "
+            f"(at most {self.max_chars} characters)"
         )
 
     # ---- token helpers
@@ -221,7 +260,7 @@ class PromptFormatter:
         """[x; y] (+ critique block) + reward token; the reward is read at the last position."""
         if critique is None:
             return prefix + self.reward_ids
-        body = self.encode(critique)
+        body = self.encode(self.neutralise(critique))
         room = self.max_model_len - len(prefix) - len(self._prefix_ids) - len(self._suffix_ids) - 1
         # A re-tokenised critique can be a few tokens longer than generated; keep the tail fixed.
         body = body[: max(room, 0)]
@@ -239,12 +278,20 @@ class PromptFormatter:
         num_critiques: int,
         truncate_prompt: bool = False,
     ) -> EncodedItem:
-        """Encode one item, checking it fits the context; left-truncate the prompt if asked."""
-        messages = normalize_prompt(prompt)
+        """Encode one item, checking it fits the context; left-truncate the prompt if asked.
+        Control-token strings in the prompt and response are neutralised first."""
+        self.check_length(prompt, response, truncate_prompt)
+        messages = [
+            {"role": m["role"], "content": self.neutralise(m["content"])}
+            for m in normalize_prompt(prompt)
+        ]
+        response = self.neutralise(response)
+        truncated = False
+        if sum(len(m["content"]) for m in messages) > self.max_chars:
+            messages, truncated = _trim_chars(messages, self.max_chars), True
         budget = self.max_model_len
         gen_extra = max_critique_tokens if num_critiques > 0 else 0
         score_extra = self.overhead(max_critique_tokens) if num_critiques > 0 else 1
-        truncated = False
         while True:
             crit = self.critique_prompt_ids(messages, response) if num_critiques > 0 else []
             prefix = self.score_prefix_ids(messages, response)
@@ -283,3 +330,28 @@ class PromptFormatter:
         # Cut a little extra: re-tokenising the cut text can merge into more tokens.
         cut = self.tokenizer.decode(ids[excess + 4 :])
         return [*keep_head, {**first, "content": cut}, *later]
+
+
+def _control_strings(tokenizer: Any) -> set[str]:
+    """The tokenizer's special-token strings (added special tokens included)."""
+    out = {t for t in getattr(tokenizer, "all_special_tokens", []) if isinstance(t, str)}
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False):
+            out.add(str(added.content))
+    return {t for t in out if len(t) > 1}
+
+
+def _trim_chars(messages: list[Message], budget: int) -> list[Message]:
+    """Drop the oldest non-system characters until the contents total at most `budget`
+    characters (a cheap first cut; tokens are then cut exactly by encode_item)."""
+    excess = sum(len(m["content"]) for m in messages) - budget
+    out: list[Message] = []
+    for m in messages:
+        if excess > 0 and m["role"] != "system":
+            cut = min(excess, len(m["content"]))
+            excess -= cut
+            m = {**m, "content": m["content"][cut:]}
+            if not m["content"]:
+                continue
+        out.append(m)
+    return out
