@@ -52,7 +52,9 @@ class ResultCache(Protocol):
 
     backend: str
 
-    async def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | None]: ...
+    async def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """The stored JSON value of each key, or None for a miss."""
+        ...
 
     async def set_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
 
@@ -68,8 +70,8 @@ class MemoryCache:
         self.max_entries = max_entries
         self._data: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    async def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
-        out: list[dict[str, Any] | None] = []
+    async def get_many(self, keys: Sequence[str]) -> list[Any]:
+        out: list[Any] = []
         for key in keys:
             value = self._data.get(key)
             if value is not None:
@@ -108,7 +110,7 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.metrics = metrics
 
-    async def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+    async def get_many(self, keys: Sequence[str]) -> list[Any]:
         if not keys:
             return []
         try:
@@ -116,7 +118,18 @@ class RedisCache:
         except Exception as exc:  # fail open: a sick cache must not fail scoring
             self._error("get", exc)
             return [None] * len(keys)
-        return [json.loads(v) if v is not None else None for v in raw]
+        return [self._decode(v) for v in raw]
+
+    def _decode(self, value: bytes | str | None) -> Any:
+        """A stored value that is not JSON counts as an error and reads as a miss (the fresh
+        result then overwrites it); what the JSON holds is checked by the caller."""
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._error("decode", exc)
+            return None
 
     async def set_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if not items:

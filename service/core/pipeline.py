@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Any
 
 from service.core.aggregate import mean_and_std
 from service.core.batcher import BatchInfo
@@ -59,16 +61,52 @@ class ItemResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ItemResult:
-        critiques = [Critique(str(t), int(n), str(f)) for t, n, f in data["critiques"]]  # type: ignore[attr-defined]
-        return cls(
-            reward=float(data["reward"]),  # type: ignore[arg-type]
-            critique_rewards=[float(r) for r in data["critique_rewards"]],  # type: ignore[attr-defined]
-            reward_std=float(data["reward_std"]),  # type: ignore[arg-type]
-            critiques=critiques,
-            prompt_tokens=int(data["prompt_tokens"]),  # type: ignore[call-overload]
-            critique_tokens=int(data["critique_tokens"]),  # type: ignore[call-overload]
-        )
+    def from_json(cls, data: object) -> ItemResult:
+        """Parse a cached result; ValueError for anything that is not one (a corrupt or foreign
+        cache entry must never reach a client, least of all as a non-finite reward)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a cached result is a JSON object, not {type(data).__name__}")
+        try:
+            critiques = [
+                Critique(_text(t), _count(n), _text(f)) for t, n, f in _items(data["critiques"])
+            ]
+            result = cls(
+                reward=_finite(data["reward"]),
+                critique_rewards=[_finite(r) for r in _items(data["critique_rewards"])],
+                reward_std=_finite(data["reward_std"]),
+                critiques=critiques,
+                prompt_tokens=_count(data["prompt_tokens"]),
+                critique_tokens=_count(data["critique_tokens"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed cached result: {type(exc).__name__}: {exc}") from None
+        if len(result.critique_rewards) != len(result.critiques):
+            raise ValueError("cached result: critiques and critique_rewards differ in length")
+        return result
+
+
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _finite(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"expected a count, got {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
 
 
 class BatchPipeline:
