@@ -20,10 +20,7 @@ Try:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
-    from service.server import DrainingServer
+    from service.server import serve
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if args.checkpoint_root:
@@ -32,19 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
     print(EXAMPLE.format(host=settings.host, port=settings.port), flush=True)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
-    )
-    DrainingServer(config, app).run()
-    service = getattr(app.state, "service", None)
-    # Non-zero when the model never loaded or the engines died: the orchestrator restarts us.
-    return 1 if service is not None and service.state == "failed" else 0
+    return serve(settings)
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

@@ -1,27 +1,52 @@
 """uvicorn with a graceful drain: on SIGTERM /ready turns 503 and new scoring requests get 503,
-requests in flight finish (up to CRM_DRAIN_TIMEOUT_S), then uvicorn's normal shutdown runs."""
+a load in progress is abandoned, requests in flight finish (up to CRM_DRAIN_TIMEOUT_S; those
+still running then get a JSON 503 to retry), then uvicorn's normal shutdown runs, and no engine
+process outlives the gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
+from service.app import create_app
+from service.core.service import RuntimeLoader
+from service.engines.processes import reap_descendants
+from service.settings import Settings
+
 log = logging.getLogger(__name__)
+
+# After a drain timeout: how long the failed requests get to write their 503s.
+ANSWER_GRACE_S = 5.0
+# uvicorn's own shutdown after the drain: the connections of answered requests to close.
+CLOSE_GRACE_S = ANSWER_GRACE_S + 5.0
 
 
 class DrainingServer(uvicorn.Server):
-    """A second signal skips the drain (uvicorn's own handling: exit, then force-exit)."""
+    """A second signal skips the drain and what is left of uvicorn's graceful shutdown.
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    Signals never reach uvicorn's own handler: it would re-raise the signal once the server
+    stopped, and the process would die by it before ending its engine processes (and exit by
+    SIGTERM instead of 0 after a clean drain)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, reap: bool = False) -> None:
         super().__init__(config)
         self.app = app
+        self.reap = reap
         self._draining = False
         app.state.on_fatal = self.request_exit
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.reap:
+            # Before the event loop closes: it waits for its worker threads, and an engine
+            # start blocked in one of them ends only once its engine processes are gone.
+            await asyncio.to_thread(reap_descendants)
 
     def request_exit(self) -> None:
         """Drain and exit, as on SIGTERM (used when the engines died)."""
@@ -30,7 +55,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = getattr(self.app.state, "loop", None)
         if self._draining or loop is None or not hasattr(self.app.state, "service"):
-            super().handle_exit(sig, frame)
+            # A second signal, or one before the lifespan began (no engines yet): exit now.
+            self.force_exit = self._draining
+            self.should_exit = True
             return
         self._draining = True
         # Signal handlers run between bytecodes of the main thread: hand over to the loop.
@@ -42,7 +69,27 @@ class DrainingServer(uvicorn.Server):
         service.begin_drain()
         log.info("draining: %d requests in flight, up to %.0fs", service.inflight, timeout)
         if not await service.wait_drained(timeout):
-            log.warning("drain timeout: %d requests still in flight", service.inflight)
-        # Not super().handle_exit: uvicorn would re-raise the signal after shutting down, and
-        # the process would die by SIGTERM instead of exiting 0 after a clean drain.
+            log.warning("drain timeout: failing %d requests still in flight", service.inflight)
+            service.abort_inflight()
+            await service.wait_drained(ANSWER_GRACE_S)
         self.should_exit = True
+
+
+def serve(settings: Settings, loader: RuntimeLoader | None = None) -> int:
+    """Run the gateway until it is told to stop; the exit status for the orchestrator."""
+    app = create_app(settings, loader)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s + CLOSE_GRACE_S),
+    )
+    try:
+        DrainingServer(config, app, reap=True).run()
+    finally:
+        # An engine that was still starting (or one a failed shutdown left) dies with us.
+        reap_descendants()
+    service = getattr(app.state, "service", None)
+    # Non-zero when the model never loaded or the engines died: the orchestrator restarts us.
+    return 1 if service is not None and service.state == "failed" else 0

@@ -2,18 +2,26 @@
 
 Waits for a first item, then fills the batch up to an item cap and a token budget, or until the
 first item has waited `max_wait_s`. Results go back by position. A failing batch fails every
-future of that batch and the loop keeps running; items whose caller went away are skipped.
+future of that batch and the loop keeps running.
+
+An item whose caller went away (its future cancelled) leaves the queue at once, so `depth` (and
+the queue-depth gauge an autoscaler reads) counts only items someone still waits for; a running
+batch whose callers have all gone is cancelled, which aborts its engine requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from service.core.errors import ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,7 @@ class _Entry(Generic[T, R]):
     cost: int
     future: asyncio.Future[R]
     enqueued_at: float
+    seq: int
 
 
 @dataclass
@@ -49,6 +58,7 @@ class MicroBatcher(Generic[T, R]):
         cost: Callable[[T], int] = lambda _item: 1,
         clock: Callable[[], float] = time.monotonic,
         on_depth: Callable[[int], None] | None = None,
+        on_abandoned: Callable[[int], None] | None = None,
     ) -> None:
         self._process = process
         self.max_items = max_items
@@ -57,13 +67,18 @@ class MicroBatcher(Generic[T, R]):
         self._cost = cost
         self._clock = clock
         self._on_depth = on_depth
-        self._queue: asyncio.Queue[_Entry[T, R]] = asyncio.Queue()
-        self._held: _Entry[T, R] | None = None
+        self._on_abandoned = on_abandoned
+        self._waiting: OrderedDict[int, _Entry[T, R]] = OrderedDict()
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[_Entry[T, R]] = []
+        self._batch_task: asyncio.Future[Sequence[R | BaseException]] | None = None
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + (1 if self._held else 0)
+        """Items waiting for a batch (not those running), whose callers still wait."""
+        return len(self._waiting)
 
     def start(self) -> None:
         if self._task is None:
@@ -75,34 +90,59 @@ class MicroBatcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
+        self.fail_all(ShuttingDown("service is shutting down"))
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every waiting and running item with `exc` (e.g. when a drain times out, so the
+        callers get a clean error instead of a dropped connection)."""
+        for entry in [*self._waiting.values(), *self._batch]:
             if not entry.future.done():
-                entry.future.set_exception(RuntimeError("service is shutting down"))
+                entry.future.set_exception(exc)
+                entry.future.exception()  # seen here: its caller may be gone already
+        self._waiting.clear()
+        self._report_depth()
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """Queue one item now (no await, so admission checks and queueing are atomic) and
+        return its future. Cancelling the future drops the item."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        entry = _Entry(item, self._cost(item), future, self._clock(), next(self._seq))
+        self._waiting[entry.seq] = entry
+        future.add_done_callback(lambda _f: self._on_done(entry.seq))
+        self._wakeup.set()
+        self._report_depth()
+        return future
 
     async def submit(self, item: T) -> R:
         """Queue one item and wait for its result. Cancelling the caller drops the item."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Entry(item, self._cost(item), future, self._clock()))
-        self._report_depth()
-        return await future
+        return await self.enqueue(item)
+
+    def _on_done(self, seq: int) -> None:
+        if self._waiting.pop(seq, None) is not None:
+            self._report_depth()  # left the queue before a batch took it
+            return
+        task = self._batch_task
+        if task is not None and not task.done() and all(e.future.done() for e in self._batch):
+            task.cancel()  # every caller of the running batch has gone
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:
             self._on_depth(self.depth)
 
-    async def _next(self, timeout: float | None) -> _Entry[T, R] | None:
-        if self._held is not None:
-            entry, self._held = self._held, None
-            return entry
-        if timeout is None:
-            return await self._queue.get()
-        if timeout <= 0:
-            return self._queue.get_nowait() if not self._queue.empty() else None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    async def _wait_for_item(self, timeout: float | None) -> bool:
+        """Wait until an item is queued; False if `timeout` passed first."""
+        while not self._waiting:
+            self._wakeup.clear()
+            if timeout is None:
+                await self._wakeup.wait()
+                continue
+            if timeout <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                return bool(self._waiting)
+        return True
 
     async def _collect(self) -> list[_Entry[T, R]]:
         batch: list[_Entry[T, R]] = []
@@ -110,48 +150,64 @@ class MicroBatcher(Generic[T, R]):
         deadline: float | None = None
         while len(batch) < self.max_items:
             timeout = None if deadline is None else deadline - self._clock()
-            entry = await self._next(timeout)
-            if entry is None:
+            if not await self._wait_for_item(timeout):
                 break
-            if entry.future.done():  # caller went away (cancelled) before we started
-                continue
+            entry = next(iter(self._waiting.values()))
             if batch and tokens + entry.cost > self.max_tokens:
-                self._held = entry  # first in the next batch
-                break
+                break  # it stays first in line for the next batch
+            del self._waiting[entry.seq]
             batch.append(entry)
             tokens += entry.cost
             if deadline is None:
                 deadline = entry.enqueued_at + self.max_wait_s
+        self._report_depth()
         return batch
 
     async def _loop(self) -> None:
         while True:
             batch = await self._collect()
-            self._report_depth()
-            if not batch:
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+        started = self._clock()
+        info = BatchInfo(queue_waits=[started - e.enqueued_at for e in batch])
+        task = asyncio.ensure_future(self._process([e.item for e in batch], info))
+        self._batch, self._batch_task = batch, task
+        try:
+            # asyncio.wait, not await: the batch task may be cancelled on its own (abandoned)
+            # without that cancelling this loop.
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(ShuttingDown("service is shutting down"))
+            raise
+        finally:
+            self._batch, self._batch_task = [], None
+        if task.cancelled():
+            log.info("dropped a running batch of %d items: every caller has gone", len(batch))
+            if self._on_abandoned is not None:
+                self._on_abandoned(len(batch))
+            return
+        try:
+            results = task.result()
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
+        except Exception as exc:
+            log.exception("batch of %d items failed", len(batch))
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(exc)
+            return
+        for e, result in zip(batch, results, strict=True):
+            if e.future.done():
                 continue
-            started = self._clock()
-            info = BatchInfo(queue_waits=[started - e.enqueued_at for e in batch])
-            try:
-                results = await self._process([e.item for e in batch], info)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
-            except asyncio.CancelledError:
-                for e in batch:
-                    if not e.future.done():
-                        e.future.set_exception(RuntimeError("service is shutting down"))
-                raise
-            except Exception as exc:
-                log.exception("batch of %d items failed", len(batch))
-                for e in batch:
-                    if not e.future.done():
-                        e.future.set_exception(exc)
-                continue
-            for e, result in zip(batch, results, strict=True):
-                if e.future.done():
-                    continue
-                # A processor may fail single items (e.g. one model version's share of a batch).
-                if isinstance(result, BaseException):
-                    e.future.set_exception(result)
-                else:
-                    e.future.set_result(result)
+            # A processor may fail single items (e.g. one model version's share of a batch).
+            if isinstance(result, BaseException):
+                e.future.set_exception(result)
+            else:
+                e.future.set_result(result)

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from service.cache.store import ResultCache, cache_key
 from service.checkpoint.store import CheckpointError, CheckpointRoot
@@ -20,6 +20,7 @@ from service.core.errors import (
     InvalidRequest,
     NotReady,
     Overloaded,
+    ShuttingDown,
 )
 from service.core.formatting import EncodedItem, InputTooLongError, Message, normalize_prompt
 from service.core.pipeline import BatchPipeline, ItemResult, WorkItem
@@ -80,6 +81,17 @@ WARMUP_ITEMS: list[tuple[str | Sequence[Message], str]] = [
 ]
 
 RuntimeLoader = Callable[[Settings, "str | None"], Awaitable[ModelRuntime]]
+T = TypeVar("T")
+
+
+def _shutdown_late_runtime(task: asyncio.Future[Any]) -> None:
+    """Done-callback of an abandoned load: shut down the engines if they came up after all."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    runtime = task.result()
+    if isinstance(runtime, ModelRuntime):
+        log.info("shutting down %s, loaded after the shutdown began", runtime.model_version)
+        runtime.shutdown()
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,10 @@ class RewardService:
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             cost=lambda w: w.cost,
             on_depth=metrics.queue_depth.set,
+            on_abandoned=metrics.abandoned_items.inc,
         )
+        # Set on SIGTERM: loads and warm-ups in progress give up, nothing new becomes ready.
+        self._stopping = asyncio.Event()
         self._inflight: dict[str, _Shared] = {}
 
     # ---- lifecycle
@@ -159,8 +174,11 @@ class RewardService:
 
     async def reload(self, version: str | None = None) -> ReloadOutcome:
         """Load `version` (or `current`) beside the served one, warm it, swap it in, then retire
-        the old one once its in-flight work is done. A failed load keeps the old one serving."""
+        the old one once its in-flight work is done. A failed load keeps the old one serving;
+        reloading the served version is a no-op; a shutdown abandons a load in progress."""
         async with self._reload_lock:
+            if self._stopping.is_set():
+                raise ShuttingDown("service is shutting down: no reload")
             previous = self.runtime.model_version if self.runtime is not None else None
             target = version
             if target is None:
@@ -170,27 +188,20 @@ class RewardService:
                 self.metrics.reloads.labels("unchanged").inc()
                 return ReloadOutcome("unchanged", target, previous)
             t0 = time.perf_counter()
-            runtime: ModelRuntime | None = None
             try:
-                runtime = await self.loader(self.settings, target)
-                if self.settings.warmup:
-                    if previous is None:
-                        self.state = "warming"
-                    await self.warm_up(runtime)
-            except BaseException as exc:
-                if runtime is not None:
-                    await asyncio.to_thread(runtime.shutdown)
-                if isinstance(exc, Exception):
-                    self.metrics.reloads.labels("failed").inc()
-                    self.last_reload = {
-                        "result": "failed",
-                        "version": target,
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "at": time.time(),
-                    }
-                    # A bad version id is usually a caller's typo: warn; an engine failure is ours.
-                    level = logging.WARNING if isinstance(exc, CheckpointError) else logging.ERROR
-                    log.log(level, "loading %s failed, still serving %s: %s", target, previous, exc)
+                runtime = await self._unless_stopping(self.loader(self.settings, target))
+                try:
+                    if self.settings.warmup:
+                        if previous is None:
+                            self.state = "warming"
+                        await self._unless_stopping(self.warm_up(runtime), cancel=True)
+                    if self._stopping.is_set():
+                        raise ShuttingDown("service is shutting down: load abandoned")
+                except BaseException:
+                    await asyncio.shield(asyncio.to_thread(runtime.shutdown))
+                    raise
+            except Exception as exc:
+                self._record_failed_load(target, previous, exc)
                 raise
             old, self.runtime = self.runtime, runtime
             m = runtime.manifest
@@ -215,6 +226,41 @@ class RewardService:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             return ReloadOutcome("reloaded", runtime.model_version, previous)
+
+    async def _unless_stopping(self, work: Awaitable[T], *, cancel: bool = False) -> T:
+        """Await `work`, or raise ShuttingDown as soon as a shutdown begins; the abandoned work
+        is cancelled (`cancel`), or else left to finish and shut down the engines it started:
+        an engine start cannot be interrupted inside its thread, and the process's exit reaps
+        its engine processes in any case."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                if cancel:
+                    task.cancel()
+                else:
+                    task.add_done_callback(_shutdown_late_runtime)
+        if task.done():
+            return task.result()
+        raise ShuttingDown("service is shutting down: load abandoned")
+
+    def _record_failed_load(self, target: str | None, previous: str | None, exc: Exception) -> None:
+        if isinstance(exc, ShuttingDown):
+            log.info("loading %s abandoned: shutting down", target)
+            return
+        self.metrics.reloads.labels("failed").inc()
+        self.last_reload = {
+            "result": "failed",
+            "version": target,
+            "error": f"{type(exc).__name__}: {exc}",
+            "at": time.time(),
+        }
+        # A bad version id is usually a caller's typo: warn; an engine failure is ours.
+        level = logging.WARNING if isinstance(exc, CheckpointError) else logging.ERROR
+        log.log(level, "loading %s failed, still serving %s: %s", target, previous, exc)
 
     async def _retire(self, old: ModelRuntime) -> None:
         """Free a replaced version once every request and batch that started on it is done."""
@@ -285,10 +331,17 @@ class RewardService:
 
     # ---- shutdown and engine health
     def begin_drain(self) -> None:
-        """Stop taking scoring requests (/ready turns 503); those in flight go on."""
+        """Stop taking scoring requests (/ready turns 503) and abandon any load in progress;
+        requests in flight go on."""
+        self._stopping.set()
         if self.state != "failed":
             self.state = "draining"
             self.error = "shutting down"
+
+    def abort_inflight(self) -> None:
+        """After the drain timeout: fail what is still queued or running with a retryable 503,
+        so each caller gets a JSON answer before the server closes its connection."""
+        self.batcher.fail_all(ShuttingDown("service is shutting down; retry on another replica"))
 
     async def wait_drained(self, timeout: float) -> bool:
         try:
@@ -355,6 +408,15 @@ class RewardService:
             raise InvalidRequest(
                 "items", f"at most {self.settings.max_items_per_request} items per request"
             )
+        for idx, (prompt, response) in enumerate(items):
+            try:  # O(1) per item: over-long text never reaches the tokenizer
+                runtime.formatter.check_length(prompt, response, opts.truncate_prompt)
+            except InputTooLongError as exc:
+                raise InvalidRequest(f"items[{idx}].{exc.field}", str(exc)) from exc
+        # Refuse at once, before any tokenising or cache round trip, when the queue cannot take
+        # every item (some might have been cache hits: under overload that is the price of a
+        # 429 that costs nothing). The exact check after the cache lookup still holds.
+        self._admit(len(items))
         t0 = time.perf_counter()
         encoded = await asyncio.to_thread(self._encode_all, runtime, items, opts)
         self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
@@ -381,21 +443,16 @@ class RewardService:
             for prompt, response in items
         ]
         backend = self.cache.backend
-        hits: list[dict[str, object] | None] = (
-            await self.cache.get_many(keys) if opts.use_cache else [None] * len(keys)
-        )
+        raw = await self.cache.get_many(keys) if opts.use_cache else [None] * len(keys)
+        hits = [self._decode_hit(h, opts.num_critiques) for h in raw]
         fresh = [
             i
             for i, h in enumerate(hits)
             if h is None and not (opts.use_cache and keys[i] in self._inflight)
         ]
-        depth = self.batcher.depth
-        if fresh and depth + len(fresh) > self.settings.max_queue_items:
-            self.metrics.request_failures.labels("queue_full").inc()
-            raise Overloaded(
-                f"queue full ({depth} items waiting, limit {self.settings.max_queue_items})",
-                self.retry_after_s(depth),
-            )
+        # No await from here until every item is queued: admission and queueing are atomic.
+        if fresh:
+            self._admit(len(fresh))
         shares: dict[int, _Shared] = {}
         for idx, (key, hit) in enumerate(zip(keys, hits, strict=True)):
             if hit is not None:
@@ -403,7 +460,7 @@ class RewardService:
             shared = self._inflight.get(key) if opts.use_cache else None
             if shared is None:
                 work = WorkItem(runtime=runtime, encoded=encoded[idx], spec=spec)
-                task = asyncio.ensure_future(self.batcher.submit(work))
+                task = self.batcher.enqueue(work)
                 shared = _Shared(task, key if opts.use_cache else None)
                 if shared.key is not None:
                     self._inflight[key] = shared
@@ -419,7 +476,7 @@ class RewardService:
         scored: list[ScoredItem] = []
         for idx, (key, hit) in enumerate(zip(keys, hits, strict=True)):
             if hit is not None:
-                result, cached = ItemResult.from_json(hit), True
+                result, cached = hit, True
             else:
                 result, cached = futures[idx].result(), False
                 if opts.use_cache and all(k != key for k, _ in computed):
@@ -436,6 +493,32 @@ class RewardService:
             if s.truncated
         ]
         return ScoreOutcome(runtime.model_version, scored, warnings)
+
+    def _admit(self, n: int) -> None:
+        """429 unless `n` more items fit the queue."""
+        depth = self.batcher.depth
+        if depth + n > self.settings.max_queue_items:
+            self.metrics.request_failures.labels("queue_full").inc()
+            raise Overloaded(
+                f"queue full ({depth} items waiting, {n} more asked for, limit "
+                f"{self.settings.max_queue_items})",
+                self.retry_after_s(depth),
+            )
+
+    def _decode_hit(self, raw: object, num_critiques: int) -> ItemResult | None:
+        """A cached value as a result; anything else (corrupt, foreign, non-finite, the wrong
+        number of critiques) is a counted miss, and the fresh result overwrites it."""
+        if raw is None:
+            return None
+        try:
+            result = ItemResult.from_json(raw)
+            if len(result.critiques) != num_critiques:
+                raise ValueError(f"{len(result.critiques)} critiques, {num_critiques} asked for")
+        except ValueError as exc:
+            self.metrics.cache_errors.labels(op="decode").inc()
+            log.warning("ignoring a malformed cache entry: %s", exc)
+            return None
+        return result
 
     def _forget(self, shared: _Shared, _task: object = None) -> None:
         """Stop offering an item to new identical requests (done, or cancelled)."""
@@ -461,8 +544,10 @@ class RewardService:
                     )
             for sh in shares:
                 if sh.task.cancelled():
-                    raise EngineFailure("the item was cancelled (service shutting down)")
+                    raise ShuttingDown("the item was cancelled (service shutting down)")
                 exc = sh.task.exception()
+                if isinstance(exc, ShuttingDown):
+                    raise ShuttingDown(str(exc))
                 if exc is not None:
                     self.engine_suspect = True
                     self.metrics.request_failures.labels("engine_error").inc()

@@ -53,6 +53,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "critic_rm_queue_depth", "Items waiting for the micro-batcher.", registry=r
         )
+        self.abandoned_items = Counter(
+            "critic_rm_abandoned_items",
+            "Items of running batches cancelled because every caller had gone.",
+            registry=r,
+        )
         self.queue_wait_seconds = Histogram(
             "critic_rm_queue_wait_seconds",
             "Time an item waits before its batch starts.",
@@ -94,7 +99,8 @@ class Metrics:
         )
         self.cache_errors = Counter(
             "critic_rm_cache_errors",
-            "Result cache operations that failed (fail-open).",
+            "Result cache operations that failed (fail-open): get, set, or decode (a stored "
+            "entry that is not a valid result: a miss, then overwritten).",
             ["op"],
             registry=r,
         )

@@ -93,11 +93,8 @@ def serving_root(checkpoint_root: Path) -> Iterator[CheckpointRoot]:
         shutil.rmtree(root.root, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[LiveServer]:
-    """`critic-rm serve` on `checkpoint_root` in a subprocess, yielded once /ready is 200."""
-    port = free_port()
-    env = {
+def server_env(checkpoint_root: Path, port: int, **env_extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "CRM_CHECKPOINT_ROOT": str(checkpoint_root),
         "CRM_HOST": "127.0.0.1",
@@ -110,14 +107,26 @@ def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[L
         "CRM_DRAIN_TIMEOUT_S": "60",
         **env_extra,
     }
+
+
+def start_server(checkpoint_root: Path, log: Path, **env_extra: str) -> LiveServer:
+    """`critic-rm serve` on `checkpoint_root` in a subprocess, not waited for."""
+    port = free_port()
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve"],
-            env=env,
+            env=server_env(checkpoint_root, port, **env_extra),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", log, proc)
+    return LiveServer(f"http://127.0.0.1:{port}", log, proc)
+
+
+@contextlib.contextmanager
+def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[LiveServer]:
+    """`critic-rm serve` on `checkpoint_root` in a subprocess, yielded once /ready is 200."""
+    server = start_server(checkpoint_root, log, **env_extra)
+    proc = server.process
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         with server.client(timeout=5) as c:

@@ -1,4 +1,5 @@
-"""Hot reload under load and the SIGTERM drain on the real engines. Runs after the other
+"""Hot reload under load and SIGTERM on the real engines: while they load, and while a reload
+loads with requests in flight; no engine process outlives the gateway. Runs after the other
 integration tests (file order): it changes the served version and finally stops the server."""
 
 from __future__ import annotations
@@ -11,13 +12,73 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
-from tests.integration.conftest import LiveServer, publish_variant
+from tests.integration.conftest import LiveServer, publish_variant, start_server
 
 pytestmark = pytest.mark.engine
 REPORT = Path(__file__).resolve().parents[2] / "bench-results"
+
+
+def engine_processes(server: LiveServer, seen: set[psutil.Process]) -> int:
+    """How many descendants the gateway has now; each is remembered in `seen`."""
+    try:
+        found = psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    seen.update(found)
+    return len(found)
+
+
+def survivors(seen: set[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for proc in seen:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    for proc in alive:
+        proc.kill()
+    return alive
+
+
+def wait_until(check: object, timeout: float, server: LiveServer) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert server.process.poll() is None, server.log_tail()
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+
+
+def test_sigterm_while_the_engines_load_leaves_no_engine_process(
+    serving_root: CheckpointRoot, tmp_path: Path
+) -> None:
+    server = start_server(serving_root.root, tmp_path / "loading.log", CRM_RELOAD_POLL_S="0")
+    seen: set[psutil.Process] = set()
+    try:
+        # Both engine cores spawned and busy starting (loading weights, compiling).
+        wait_until(lambda: engine_processes(server, seen) >= 2, 120, server)
+        time.sleep(3)
+        status = httpx.get(f"{server.url}/ready", timeout=10).json()["status"]
+        assert status in ("loading", "warming"), status
+        engine_processes(server, seen)
+        t0 = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    alive = survivors(seen)
+    assert not alive, f"engine processes outlived the gateway: {alive}\n{server.log_tail()}"
+    assert code == 0, server.log_tail()
+    REPORT.mkdir(exist_ok=True)
+    (REPORT / "sigterm-loading.json").write_text(
+        json.dumps({"state": status, "exit_s": took, "engine_processes": len(seen)}, indent=2)
+    )
 
 
 def test_reload_under_load_fails_nothing_and_mixes_no_versions(
@@ -84,24 +145,45 @@ def test_reload_under_load_fails_nothing_and_mixes_no_versions(
     assert info["model_version"] == v2 and info["reload"]["last"]["result"] == "ok"
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_zero(live_server: LiveServer) -> None:
+def test_sigterm_during_a_reload_finishes_in_flight_requests_then_exits_zero(
+    live_server: LiveServer,
+    serving_root: CheckpointRoot,
+    served_version: CheckpointVersion,
+) -> None:
     body = {
         "items": [{"prompt": "Explain rain.", "response": "Water falls."}],
         "num_critiques": 2,
         "max_critique_tokens": 48,
         "use_cache": False,
     }
-    with ThreadPoolExecutor(3) as pool:
+    v3 = publish_variant(serving_root, served_version, seed=3)
+    seen: set[psutil.Process] = set()
+    serving = engine_processes(live_server, seen)
+    with ThreadPoolExecutor(4) as pool:
+        reload = pool.submit(
+            httpx.post, f"{live_server.url}/admin/reload", json={"version": v3}, timeout=300
+        )
+        # The new version's engine processes are starting beside the served ones.
+        wait_until(lambda: engine_processes(live_server, seen) > serving, 120, live_server)
         inflight = [
             pool.submit(httpx.post, f"{live_server.url}/score", json=body, timeout=300)
             for _ in range(3)
         ]
         time.sleep(1.0)
+        t0 = time.monotonic()
         live_server.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         ready = httpx.get(f"{live_server.url}/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
         refused = httpx.post(f"{live_server.url}/score", json=body, timeout=10)
         assert refused.status_code == 503
+        r = reload.result()
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
         assert [f.result().status_code for f in inflight] == [200, 200, 200]
     assert live_server.process.wait(timeout=120) == 0, live_server.log_tail()
+    took = time.monotonic() - t0
+    alive = survivors(seen)
+    assert not alive, f"engine processes outlived the gateway: {alive}"
+    (REPORT / "sigterm-reloading.json").write_text(
+        json.dumps({"exit_s": took, "engine_processes": len(seen)}, indent=2)
+    )

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from service.core.batcher import BatchInfo, MicroBatcher
+from service.core.errors import ShuttingDown
 
 
 class Recorder:
@@ -112,5 +113,5 @@ async def test_stop_fails_waiting_items() -> None:
     await asyncio.sleep(0.05)
     await b.stop()
     for fut in (running, queued):
-        with pytest.raises(RuntimeError, match="shutting down"):
+        with pytest.raises(ShuttingDown, match="shutting down"):
             await fut
