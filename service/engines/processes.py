@@ -25,12 +25,13 @@ def descendants() -> list[psutil.Process]:
 
 
 def reap_descendants(grace_s: float = 5.0) -> list[int]:
-    """Terminate every descendant, kill those still alive after `grace_s`; the pids ended."""
+    """Terminate every live descendant, kill those still alive after `grace_s`, and reap them
+    all (engines that vLLM killed itself stay zombies until waited for); the pids ended."""
     procs = descendants()
-    if not procs:
-        return []
-    log.warning("ending %d leftover engine processes: %s", len(procs), [p.pid for p in procs])
-    for proc in procs:
+    live = [p for p in procs if _alive(p)]
+    if live:
+        log.warning("ending %d leftover engine processes: %s", len(live), [p.pid for p in live])
+    for proc in live:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
     _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
@@ -38,4 +39,11 @@ def reap_descendants(grace_s: float = 5.0) -> list[int]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(alive, timeout=grace_s)
-    return [p.pid for p in procs]
+    return [p.pid for p in live]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

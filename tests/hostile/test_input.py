@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.core.formatting import ROLES, PromptFormatter
-from service.server import DrainingServer
 from service.settings import Settings
 from tests.fakes import loader_for, wait_ready
+from tests.unit.test_lifecycle import serve
 
 
 def make_settings(root: Path, **kw: Any) -> Settings:
@@ -130,31 +128,6 @@ def test_an_internal_error_shows_no_path(checkpoint_root: Path) -> None:
     assert "incident" in r.json()["error"]["message"]
 
 
-@contextlib.contextmanager
-def live(root: Path, **kw: Any) -> Iterator[tuple[str, int]]:
-    app = create_app(make_settings(root, **kw), loader_for(root))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = DrainingServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                break
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def read_status(sock: socket.socket, timeout: float) -> tuple[int, float]:
     t0 = time.monotonic()
     sock.settimeout(timeout)
@@ -164,7 +137,8 @@ def read_status(sock: socket.socket, timeout: float) -> tuple[int, float]:
 
 @pytest.mark.parametrize("style", ["stalled", "dripping"])
 def test_a_slow_body_gets_a_408(checkpoint_root: Path, style: str) -> None:
-    with live(checkpoint_root, body_read_timeout_s=0.5) as (url, port):
+    with serve(checkpoint_root, body_read_timeout_s=0.5) as (url, _app, _server, _thread):
+        port = int(url.rsplit(":", 1)[1])
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(
             b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"

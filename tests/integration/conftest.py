@@ -4,7 +4,6 @@ checkpoint, Redis cache) started once per test session in a subprocess, reached 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.checkpoint.variant import publish_head_variant
 from service.core.formatting import PromptFormatter
 from service.engines.factory import load_formatter
 from service.settings import Settings
@@ -49,29 +49,7 @@ def free_port() -> int:
 
 def publish_variant(root: CheckpointRoot, base: CheckpointVersion, seed: int) -> str:
     """Another version of `base` with a different reward head; backbone files hard-linked."""
-    from safetensors.torch import save_file
-
-    from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY
-    from service.checkpoint.views import init_reward_head, version_id, weight_hashes
-
-    staging = root.staging_dir()
-    shutil.copytree(base.generator_path, staging / "generator", copy_function=os.link)
-    shutil.copytree(base.scorer_path, staging / "scorer", symlinks=True, copy_function=shutil.copy2)
-    head_file = staging / "scorer" / REWARD_HEAD_FILE
-    hidden = json.loads((staging / "generator" / "config.json").read_text())["hidden_size"]
-    head_file.unlink()
-    save_file({REWARD_HEAD_KEY: init_reward_head(hidden, 0.02, seed=seed)}, str(head_file))
-    files = weight_hashes(staging)
-    manifest = base.manifest.model_copy(
-        update={
-            "model_version": version_id(
-                f"variant-{seed}", files, base.manifest.templates, base.manifest.reward_token
-            ),
-            "files": files,
-        }
-    )
-    root.publish(staging, manifest, make_current=False)
-    return manifest.model_version
+    return publish_head_variant(root, base, seed)
 
 
 @pytest.fixture(scope="session")
