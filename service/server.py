@@ -83,7 +83,8 @@ def serve(settings: Settings, loader: RuntimeLoader | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s + CLOSE_GRACE_S),
+        # Counted from the end of the drain (which bounds the requests themselves).
+        timeout_graceful_shutdown=int(CLOSE_GRACE_S),
     )
     try:
         DrainingServer(config, app, reap=True).run()

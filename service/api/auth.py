@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 AuthMode = Literal["open", "keys", "unavailable"]
+REREAD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class KeySource:
         self.file = file
         self.configured = env_configured or file is not None
         self._stamp: tuple[int, int, int, int] | None = None
+        self._read_at = 0.0
         self._file_keys: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._last_mode: AuthMode | None = None
@@ -81,10 +84,13 @@ class KeySource:
         try:
             st = os.stat(file)
             stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            now = time.monotonic()
             with self._lock:
-                if stamp != self._stamp:
+                # Re-read on any change, and every REREAD_S anyway: an in-place rewrite of the
+                # same size within one mtime tick leaves the stamp unchanged.
+                if stamp != self._stamp or now - self._read_at > REREAD_S:
                     self._file_keys = tuple(parse_keys(file.read_text(encoding="utf-8")))
-                    self._stamp = stamp
+                    self._stamp, self._read_at = stamp, now
                 return self._file_keys, None
         except FileNotFoundError:
             return (), "the API key file is missing"

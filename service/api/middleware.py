@@ -47,10 +47,16 @@ def _too_large(max_bytes: int) -> HTTPException:
     return HTTPException(413, f"request body over {max_bytes} bytes")
 
 
+# A body may take read_timeout_s plus the time to send it at this rate: a big body on a slow
+# link gets through, a client dripping bytes does not (a slow-loris earns microseconds).
+MIN_BODY_RATE = 64 * 1024  # bytes per second
+
+
 class BodyLimit:
     """413 for request bodies over `max_bytes`, by Content-Length or as they stream in; 408 for
-    a body not received within `read_timeout_s` of the request's start (a client that sends a
-    body slowly, or stops half-way, must not hold a connection and its handler open)."""
+    a body not received within `read_timeout_s` (plus its size at MIN_BODY_RATE) of the
+    request's start: a client that sends a body slowly, or stops half-way, must not hold a
+    connection and its handler open."""
 
     def __init__(
         self, app: ASGIApp, max_bytes: int, read_timeout_s: float, metrics: Metrics
@@ -93,18 +99,21 @@ class BodyLimit:
                 return
         seen = 0
         body_done = False
-        deadline = time.monotonic() + self.read_timeout_s
+        start = time.monotonic()
 
         async def guarded_receive() -> Message:
             nonlocal seen, body_done
             if body_done:  # only a disconnect can come now: no deadline on waiting for it
                 return await receive()
+            deadline = start + self.read_timeout_s + seen / MIN_BODY_RATE
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
             except asyncio.TimeoutError:
                 self.metrics.request_failures.labels("body_timeout").inc()
                 raise HTTPException(
-                    408, f"request body not received within {self.read_timeout_s:g} s"
+                    408,
+                    f"request body not received in time ({self.read_timeout_s:g} s, plus "
+                    f"{MIN_BODY_RATE // 1024} KiB/s of body)",
                 ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))

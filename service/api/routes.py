@@ -256,8 +256,9 @@ async def admin_reload(
             f"{type(exc).__name__}: {exc}; still serving the previous version"
         ) from exc
     service.follow_current = version is None
-    if outcome.status == "reloaded":
-        await request.app.state.watcher.announce(version)
+    # Announced even when unchanged here: a replica that missed an earlier announcement
+    # converges, and for the others it is a no-op.
+    await request.app.state.watcher.announce(version)
     return {
         "status": outcome.status,
         "model_version": outcome.model_version,

@@ -127,7 +127,7 @@ class RedisCache:
             return None
         try:
             return json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
             self._error("decode", exc)
             return None
 

@@ -83,13 +83,6 @@ def load_version(path: Path, verify_hashes: bool = True) -> CheckpointVersion:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise CheckpointError(f"{path}: invalid manifest: {exc}") from exc
-    if manifest.model_version != path.name:
-        # An alias folder (or a copied version) would be served under a name the watcher can
-        # never match, so it would reload the same weights on every poll, without end.
-        raise CheckpointError(
-            f"{path.name}: the folder holds version {manifest.model_version!r}; a version is "
-            "published under its own id (versions/<model_version>)"
-        )
     version = CheckpointVersion(path=path, manifest=manifest)
     for view in (version.generator_path, version.scorer_path):
         if not (view / "config.json").is_file():
@@ -144,7 +137,15 @@ class CheckpointRoot:
             raise CheckpointError(
                 f"{self.root}: no `current` version; run `critic-rm bootstrap` or publish one"
             )
-        return load_version(self.version_path(name), verify_hashes=verify_hashes)
+        loaded = load_version(self.version_path(name), verify_hashes=verify_hashes)
+        if loaded.manifest.model_version != name:
+            # An alias folder (or a copied version) would be served under a name the watcher
+            # can never match, so it would reload the same weights on every poll, without end.
+            raise CheckpointError(
+                f"{name}: the folder holds version {loaded.manifest.model_version!r}; a version "
+                "in a root is published under its own id (versions/<model_version>)"
+            )
+        return loaded
 
     def staging_dir(self) -> Path:
         """A fresh directory on the same filesystem, to build a version in before publishing."""

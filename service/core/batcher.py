@@ -72,8 +72,10 @@ class MicroBatcher(Generic[T, R]):
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._gathering: list[_Entry[T, R]] = []
         self._batch: list[_Entry[T, R]] = []
         self._batch_task: asyncio.Future[Sequence[R | BaseException]] | None = None
+        self._abandoned = False
 
     @property
     def depth(self) -> int:
@@ -93,9 +95,9 @@ class MicroBatcher(Generic[T, R]):
         self.fail_all(ShuttingDown("service is shutting down"))
 
     def fail_all(self, exc: BaseException) -> None:
-        """Fail every waiting and running item with `exc` (e.g. when a drain times out, so the
-        callers get a clean error instead of a dropped connection)."""
-        for entry in [*self._waiting.values(), *self._batch]:
+        """Fail every waiting, gathering and running item with `exc` (e.g. when a drain times
+        out, so the callers get a clean error instead of a dropped connection)."""
+        for entry in [*self._waiting.values(), *self._gathering, *self._batch]:
             if not entry.future.done():
                 entry.future.set_exception(exc)
                 entry.future.exception()  # seen here: its caller may be gone already
@@ -123,34 +125,36 @@ class MicroBatcher(Generic[T, R]):
             return
         task = self._batch_task
         if task is not None and not task.done() and all(e.future.done() for e in self._batch):
+            self._abandoned = True
             task.cancel()  # every caller of the running batch has gone
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:
             self._on_depth(self.depth)
 
-    async def _wait_for_item(self, timeout: float | None) -> bool:
-        """Wait until an item is queued; False if `timeout` passed first."""
+    async def _wait_for_item(self, deadline: float | None) -> bool:
+        """Wait until an item is queued; False if `deadline` (clock time) passed first."""
         while not self._waiting:
             self._wakeup.clear()
-            if timeout is None:
+            if deadline is None:
                 await self._wakeup.wait()
                 continue
+            timeout = deadline - self._clock()
             if timeout <= 0:
                 return False
-            try:
+            # A wake-up whose item was withdrawn loops with the time that is left.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                return bool(self._waiting)
         return True
 
     async def _collect(self) -> list[_Entry[T, R]]:
-        batch: list[_Entry[T, R]] = []
+        """Take the next batch from the queue. Entries being gathered stay visible to
+        fail_all (and are failed if the loop is cancelled meanwhile)."""
+        batch = self._gathering = []
         tokens = 0
         deadline: float | None = None
         while len(batch) < self.max_items:
-            timeout = None if deadline is None else deadline - self._clock()
-            if not await self._wait_for_item(timeout):
+            if not await self._wait_for_item(deadline):
                 break
             entry = next(iter(self._waiting.values()))
             if batch and tokens + entry.cost > self.max_tokens:
@@ -160,8 +164,10 @@ class MicroBatcher(Generic[T, R]):
             tokens += entry.cost
             if deadline is None:
                 deadline = entry.enqueued_at + self.max_wait_s
+        self._gathering = []
         self._report_depth()
-        return batch
+        # A caller may have left while the batch was gathered.
+        return [e for e in batch if not e.future.done()]
 
     async def _loop(self) -> None:
         while True:
@@ -173,7 +179,7 @@ class MicroBatcher(Generic[T, R]):
         started = self._clock()
         info = BatchInfo(queue_waits=[started - e.enqueued_at for e in batch])
         task = asyncio.ensure_future(self._process([e.item for e in batch], info))
-        self._batch, self._batch_task = batch, task
+        self._batch, self._batch_task, self._abandoned = batch, task, False
         try:
             # asyncio.wait, not await: the batch task may be cancelled on its own (abandoned)
             # without that cancelling this loop.
@@ -189,9 +195,13 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self._batch, self._batch_task = [], None
         if task.cancelled():
-            log.info("dropped a running batch of %d items: every caller has gone", len(batch))
-            if self._on_abandoned is not None:
-                self._on_abandoned(len(batch))
+            if self._abandoned:
+                log.info("dropped a running batch of %d items: every caller has gone", len(batch))
+                if self._on_abandoned is not None:
+                    self._on_abandoned(len(batch))
+            for e in batch:  # failed by fail_all, or cancelled from elsewhere
+                if not e.future.done():
+                    e.future.set_exception(ShuttingDown("the batch was cancelled"))
             return
         try:
             results = task.result()

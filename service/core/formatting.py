@@ -147,6 +147,14 @@ class PromptFormatter:
         chars = len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
         if chars > self.max_chars and not truncate_prompt:
             raise InputTooLongError("prompt", self._chars_message(chars))
+        # Truncation never cuts system messages: those alone must fit.
+        system = (
+            0
+            if isinstance(prompt, str)
+            else sum(len(m["content"]) for m in prompt if m["role"] == "system")
+        )
+        if system > self.max_chars:
+            raise InputTooLongError("prompt", self._chars_message(system) + " in system messages")
 
     def _chars_message(self, chars: int) -> str:
         return (

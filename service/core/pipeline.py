@@ -92,9 +92,15 @@ def _items(value: object) -> list[Any]:
 
 
 def _finite(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"expected a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a finite number, got {type(value).__name__}")
+    try:
+        number = float(value)  # an integer too large for a float raises OverflowError
+    except OverflowError:
+        raise TypeError("expected a finite number, got a huge integer") from None
+    if not math.isfinite(number):
+        raise TypeError(f"expected a finite number, got {number!r}")
+    return number
 
 
 def _count(value: object) -> int:

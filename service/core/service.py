@@ -84,6 +84,9 @@ RuntimeLoader = Callable[[Settings, "str | None"], Awaitable[ModelRuntime]]
 T = TypeVar("T")
 
 
+_LATE_SHUTDOWNS: set[asyncio.Future[None]] = set()  # held so the tasks are not collected
+
+
 def _shutdown_late_runtime(task: asyncio.Future[Any]) -> None:
     """Done-callback of an abandoned load: shut down the engines if they came up after all."""
     if task.cancelled() or task.exception() is not None:
@@ -91,7 +94,10 @@ def _shutdown_late_runtime(task: asyncio.Future[Any]) -> None:
     runtime = task.result()
     if isinstance(runtime, ModelRuntime):
         log.info("shutting down %s, loaded after the shutdown began", runtime.model_version)
-        runtime.shutdown()
+        # Engine shutdown blocks for seconds: not on the event loop, which still answers.
+        late = asyncio.ensure_future(asyncio.to_thread(runtime.shutdown))
+        _LATE_SHUTDOWNS.add(late)
+        late.add_done_callback(_LATE_SHUTDOWNS.discard)
 
 
 @dataclass(frozen=True)
@@ -514,7 +520,7 @@ class RewardService:
             result = ItemResult.from_json(raw)
             if len(result.critiques) != num_critiques:
                 raise ValueError(f"{len(result.critiques)} critiques, {num_critiques} asked for")
-        except ValueError as exc:
+        except (ValueError, OverflowError, RecursionError) as exc:
             self.metrics.cache_errors.labels(op="decode").inc()
             log.warning("ignoring a malformed cache entry: %s", exc)
             return None

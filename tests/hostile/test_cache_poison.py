@@ -34,6 +34,8 @@ POISON = {
     "wrong-critique-count": json.dumps({**GOOD, "critiques": [], "critique_rewards": []}).encode(),
     "bool-count": json.dumps({**GOOD, "prompt_tokens": True}).encode(),
     "bad-utf8": b'{"reward": "\xff"}',
+    "huge-integer": json.dumps({**GOOD, "reward": 10**400}).encode(),
+    "deep-nesting": b"[" * 100_000 + b"]" * 100_000,
 }
 
 

@@ -72,6 +72,16 @@ def test_a_huge_prompt_is_refused_before_tokenizing(client: TestClient) -> None:
     assert max(seen, default=0) < 1024 * 1024, "a huge text reached the tokenizer"
 
 
+def test_a_huge_system_message_is_refused_even_with_truncation(client: TestClient) -> None:
+    seen = spy_tokenizer(client)
+    prompt = [{"role": "system", "content": "x" * 4_000_000}, {"role": "user", "content": "q"}]
+    body = {"items": [{"prompt": prompt, "response": "a"}], "truncate_prompt": True}
+    r = client.post("/score", json=body)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "items[0].prompt", r.text
+    assert "system" in r.json()["error"]["message"]
+    assert max(seen, default=0) < 1024 * 1024
+
+
 def test_a_huge_prompt_with_truncation_is_cut_cheaply(client: TestClient) -> None:
     seen = spy_tokenizer(client)
     body = {

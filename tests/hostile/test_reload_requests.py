@@ -98,3 +98,12 @@ def test_a_folder_whose_manifest_names_another_version_is_refused_once(root: Pat
         assert c.get("/ready").json()["model_version"] == served
         last = c.get("/info").json()["reload"]["last"]
         assert last["result"] == "failed" and "<path>" not in last["error"]
+
+
+def test_a_renamed_version_folder_still_loads_on_its_own(root: Path) -> None:
+    """`critic-rm eval --checkpoint <dir>` reads a folder directly; only a root's versions must
+    carry their own id."""
+    from service.checkpoint.store import load_version
+
+    folder = alias(root, "copied-elsewhere")
+    assert load_version(folder, verify_hashes=False).manifest.model_version != "copied-elsewhere"

@@ -115,3 +115,34 @@ async def test_stop_fails_waiting_items() -> None:
     for fut in (running, queued):
         with pytest.raises(ShuttingDown, match="shutting down"):
             await fut
+
+
+async def test_an_item_whose_caller_left_while_its_batch_gathered_is_not_run() -> None:
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_items=8, max_tokens=10**9, max_wait_s=0.2)
+    b.start()
+    try:
+        leaver = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)  # taken into the batch being gathered, not yet run
+        leaver.cancel()
+        await asyncio.sleep(0.3)
+        assert rec.batches == [], "a batch ran for a caller that had gone"
+        assert await b.submit(2) == 20
+    finally:
+        await b.stop()
+
+
+async def test_stop_and_fail_all_reach_items_being_gathered() -> None:
+    rec = Recorder()
+    b: MicroBatcher[int, int] = MicroBatcher(rec, max_items=8, max_tokens=10**9, max_wait_s=5.0)
+    b.start()
+    gathering = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0.05)
+    b.fail_all(ShuttingDown("drain timed out"))
+    with pytest.raises(ShuttingDown, match="drain"):
+        await gathering
+    gathering = asyncio.ensure_future(b.submit(2))
+    await asyncio.sleep(0.05)
+    await b.stop()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(gathering, 1.0)

@@ -168,3 +168,41 @@ def test_hints_follow_the_three_schemes() -> None:
     assert "does not run" in code_hint(broken)
     looping = run_tests("def sum_to(n):\n    while True:\n        pass", "sum_to", TESTS, QUICK)
     assert "time limit" in code_hint(looping)
+
+
+def test_gc_introspection_is_refused_and_the_rules_are_frozen() -> None:
+    r = run_tests("import gc\ngc.get_objects()\ndef f():\n    return 1", "f", [((), 1)], QUICK)
+    assert r.status == "forbidden", r
+    source = (
+        "import sys\nsys._getframe(1).f_locals['refused'].clear()\n"
+        "import socket\nsocket.socket()\ndef f():\n    return 1"
+    )
+    r = run_tests(source, "f", [((), 1)], QUICK)
+    assert r.status in ("forbidden", "error"), r
+
+
+def test_common_imports_still_work() -> None:
+    source = (
+        "import collections, enum, socket, typing, re, math, itertools, functools\n"
+        "P = collections.namedtuple('P', 'a b')\n"
+        "def f():\n    return P(1, 2).a"
+    )
+    assert run_tests(source, "f", [((), 1)], QUICK).status == "passed"
+
+
+def test_an_object_that_equals_everything_is_not_a_pass() -> None:
+    source = (
+        "class Yes:\n    def __eq__(self, other):\n        return True\n"
+        "    def __repr__(self):\n        return 'Yes()'\n"
+        "def sum_to(n):\n    return Yes()"
+    )
+    r = run_tests(source, "sum_to", TESTS, QUICK)
+    assert r.status == "failed" and all(t.actual == "Yes()" for t in r.tests), r
+
+
+def test_replacing_its_output_file_cannot_hang_the_caller() -> None:
+    source = "import os\nfor name in os.listdir('.'):\n    os.remove(name)\ndef f():\n    return 1"
+    t0 = time.monotonic()
+    r = run_tests(source, "f", [((), 1)], QUICK)
+    assert time.monotonic() - t0 < QUICK.wall_s + 2
+    assert r.status in ("passed", "forbidden"), r

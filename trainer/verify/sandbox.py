@@ -13,9 +13,19 @@ What bounds it:
 - no privileges: run as root (CI, containers), the child drops to `nobody` before it starts, so
   file permissions and a process limit hold even if the audit hook were got round.
 
-The test arguments and expected values cross the process boundary as Python literals
-(`repr` here, `ast.literal_eval` there). The runner reports through a line on stdout tagged with
-a random nonce the code under test is not given.
+The test arguments go to the child as Python literals; only the `repr` of each result comes
+back, and the comparison with the expected value happens here, as literals (an object whose
+`__eq__` always says yes is not a pass). The runner reports through a line on stdout tagged with
+a random nonce the code under test is not given (gc introspection is refused; frames are not:
+the standard library needs them to import).
+
+Threat model: the boundary is the operating system's. Run as root (CI, containers, the usual
+training node) the child is `nobody` in its own network namespace, so it can write only to
+world-writable places and reach no network whatever the Python inside does. Run as another
+user, the audit hook and the resource limits are what remains; a determined program can get
+round an audit hook, so run untrusted code as root in a container or use a dedicated uid.
+A result is what the process reported: code written to forge it can; verify labels that matter
+by other means too.
 """
 
 from __future__ import annotations
@@ -101,23 +111,26 @@ def main():
         if isinstance(path, int):
             return True
         try:
-            real = os.path.realpath(os.fsdecode(path))
+            real = realpath(fsdecode(path))
         except (TypeError, ValueError):
             return False
         return real == root or real.startswith(root + os.sep)
 
-    refused = {
+    # Frozen, and bound here: code that reaches this frame cannot empty or rebind them.
+    realpath, fsdecode = os.path.realpath, os.fsdecode
+    refused = frozenset({
         "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
         "socket.sendto", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn",
         "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg", "pty.spawn",
         "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
-        "os.chdir",
-    }
-    path_events = {
+        "os.chdir", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "os.mkfifo",
+        "os.mknod",
+    })
+    path_events = frozenset({
         "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
         "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move",
         "shutil.copyfile", "os.replace",
-    }
+    })
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
     violations = []
@@ -148,12 +161,14 @@ def main():
         fn = namespace.get(payload["name"])
         if not callable(fn):
             raise NameError(f"no function named {payload['name']!r}")
-        for args_src, want_src in payload["tests"]:
-            args, want = ast.literal_eval(args_src), ast.literal_eval(want_src)
+        for args_src in payload["tests"]:
+            args = ast.literal_eval(args_src)
             try:
                 got = fn(*args)
-                ok = got == want
-                out["tests"].append([args_src, want_src, repr(got)[:200], None, bool(ok)])
+                # Only the repr goes back; the trainer compares it (an object whose __eq__
+                # always says yes compares as the text it prints, not as a pass).
+                text = repr(got)
+                out["tests"].append([args_src, text[:2000], None])
             except PermissionError as exc:
                 out["kind"], out["error"] = "forbidden", str(exc)
                 break
@@ -161,7 +176,7 @@ def main():
                 out["kind"], out["error"] = "memory", "MemoryError"
                 break
             except Exception as exc:
-                out["tests"].append([args_src, want_src, None, f"{type(exc).__name__}: {exc}"[:200], False])
+                out["tests"].append([args_src, None, f"{type(exc).__name__}: {exc}"[:200]])
     except PermissionError as exc:
         out["kind"], out["error"] = "forbidden", str(exc)
     except MemoryError:
@@ -227,13 +242,10 @@ def run_tests(
     """Define `name` from `source` in the sandbox and run `tests` (args, expected) against it."""
     limits = limits or Limits()
     nonce = secrets.token_hex(16)
-    payload = {
-        "nonce": nonce,
-        "source": source,
-        "name": name,
-        "tests": [[repr(tuple(args)), repr(want)] for args, want in tests],
-    }
-    for args_src, want_src in payload["tests"]:
+    sent = [repr(tuple(args)) for args, _want in tests]
+    payload = {"nonce": nonce, "source": source, "name": name, "tests": sent}
+    expected = [repr(want) for _args, want in tests]
+    for args_src, want_src in zip(sent, expected, strict=True):
         ast.literal_eval(args_src)  # the tests themselves must be plain literals
         ast.literal_eval(want_src)
     t0 = time.monotonic()
@@ -241,8 +253,7 @@ def run_tests(
     with tempfile.TemporaryDirectory(prefix="crm-sandbox-") as tmp:
         if drop:
             os.chown(tmp, NOBODY, NOBODY)
-        code, timed_out = _run(python, drop, Path(tmp), json.dumps(payload), limits)
-        stdout = (Path(tmp) / ".stdout").read_bytes().decode("utf-8", "replace")
+        code, timed_out, stdout = _run(python, drop, Path(tmp), json.dumps(payload), limits)
     seconds = time.monotonic() - t0
     if timed_out or code in (-signal.SIGXCPU, -signal.SIGKILL):
         return SandboxResult(
@@ -259,19 +270,25 @@ def run_tests(
         return SandboxResult(
             "error", error=f"the run ended without a report (exit {code})", seconds=seconds
         )
-    outcomes = [TestOutcome(*row) for row in report["tests"]]
+    outcomes = _outcomes(report.get("tests"), sent, expected)
+    if outcomes is None:
+        return SandboxResult("error", error="the run sent a malformed report", seconds=seconds)
     kind = report.get("kind")
     if kind in ("forbidden", "memory", "error"):
-        return SandboxResult(kind, outcomes, report.get("error"), seconds)
-    status: Status = "passed" if outcomes and all(t.passed for t in outcomes) else "failed"
+        error = report.get("error")
+        return SandboxResult(kind, outcomes, str(error)[:300] if error else None, seconds)
+    complete = len(outcomes) == len(tests)
+    status: Status = "passed" if complete and all(t.passed for t in outcomes) else "failed"
     return SandboxResult(status, outcomes, None, seconds)
 
 
 def _run(
     python: str, drop: bool, tmp: Path, payload: str, limits: Limits
-) -> tuple[int | None, bool]:
+) -> tuple[int | None, bool, str]:
+    """(exit code, timed out, stdout). Output is read back through the handles opened here, never
+    by path: the code may replace the file (with a FIFO, say, that would block a reader)."""
     env = {"HOME": str(tmp), "TMPDIR": str(tmp), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    with (tmp / ".stdout").open("wb") as out, (tmp / ".stderr").open("wb") as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             [python, "-I", "-S", "-c", RUNNER],
             stdin=subprocess.PIPE,
@@ -279,18 +296,51 @@ def _run(
             stderr=err,
             cwd=tmp,
             env=env,
-            start_new_session=True,  # its own process group, killed whole at the deadline
+            start_new_session=True,  # its own process group, killed whole when it ends
             # Limits must be set in the child, between fork and exec.
             preexec_fn=lambda: _limit_child(limits, drop),
         )
+        timed_out = False
         try:
             proc.communicate(payload.encode(), timeout=limits.wall_s)
-            return proc.returncode, False
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
+            timed_out = True
+        finally:
+            # Whatever it started is ended too, also after a normal exit.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return proc.returncode, True
+        out.seek(0)
+        stdout = out.read(limits.output_bytes + 1).decode("utf-8", "replace")
+        return proc.returncode, timed_out, stdout
+
+
+def _outcomes(
+    rows: object, args: Sequence[str], expected: Sequence[str]
+) -> list[TestOutcome] | None:
+    """Check the report's rows against the tests sent, and compare here, as literals: None
+    for a report that does not fit the tests."""
+    if not isinstance(rows, list) or len(rows) > len(args):
+        return None
+    out = []
+    for row, args_src, want_src in zip(rows, args, expected, strict=False):
+        if not (isinstance(row, list) and len(row) == 3 and row[0] == args_src):
+            return None
+        _, actual, error = row
+        if not (actual is None or isinstance(actual, str)) or not (
+            error is None or isinstance(error, str)
+        ):
+            return None
+        passed = actual is not None and _literal_equal(actual, want_src)
+        out.append(TestOutcome(args_src, want_src, actual and actual[:200], error, passed))
+    return out
+
+
+def _literal_equal(actual: str, want_src: str) -> bool:
+    try:
+        return bool(ast.literal_eval(actual) == ast.literal_eval(want_src))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False  # not a plain literal: never equal to an expected value
 
 
 def _report(stdout: str, nonce: str) -> dict[str, Any] | None:
