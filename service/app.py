@@ -15,7 +15,7 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
 from service.cache.store import MemoryCache, RedisCache, ResultCache
-from service.core.errors import ShuttingDown, public_message
+from service.core.errors import ShuttingDown
 from service.core.reload import ReloadWatcher
 from service.core.service import RewardService, RuntimeLoader
 from service.engines.factory import load_runtime
@@ -43,7 +43,7 @@ async def start_serving(service: RewardService) -> None:
         log.info("shutdown during start-up: the first load was abandoned")
     except Exception as exc:
         service.state = "failed"
-        service.error = public_message(f"model load failed: {type(exc).__name__}: {exc}")
+        service.error = f"model load failed: {type(exc).__name__}: {exc}"
         log.exception("model load failed")
 
 

@@ -44,7 +44,8 @@ def _printable(text: str) -> str:
 def error_response(
     status: int, code: str, message: str, field: str | None = None, **headers: str
 ) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": _printable(message)}
+    # Every error answer passes here, so no path reaches a client whatever raised it.
+    body: dict[str, Any] = {"code": code, "message": _printable(public_message(message))}
     if field is not None:
         body["field"] = _printable(field)
     return JSONResponse({"error": body}, status_code=status, headers=headers or None)
@@ -89,21 +90,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             exc.status,
             "invalid_request",
-            public_message(f"{exc.field}: {exc.message}"),
+            f"{exc.field}: {exc.message}",
             exc.field,
         )
 
     @app.exception_handler(NotReady)
     async def _not_ready(_req: Request, exc: NotReady) -> JSONResponse:
-        return error_response(
-            503, "not_ready", public_message(str(exc)), None, **{"Retry-After": "5"}
-        )
+        return error_response(503, "not_ready", str(exc), None, **{"Retry-After": "5"})
 
     @app.exception_handler(EngineFailure)
     async def _engine(_req: Request, exc: EngineFailure) -> JSONResponse:
-        return error_response(
-            503, "engine_error", public_message(str(exc)), None, **{"Retry-After": "1"}
-        )
+        return error_response(503, "engine_error", str(exc), None, **{"Retry-After": "1"})
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:
@@ -113,7 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ReloadFailed)
     async def _reload_failed(_req: Request, exc: ReloadFailed) -> JSONResponse:
-        return error_response(503, "reload_failed", public_message(str(exc)))
+        return error_response(503, "reload_failed", str(exc))
 
     @app.exception_handler(ShuttingDown)
     async def _shutting_down(_req: Request, exc: ShuttingDown) -> JSONResponse:
