@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.checkpoint.critique_format import CRITIQUE_USER
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 READY_FILE = "READY"
@@ -31,11 +33,7 @@ class Templates(BaseModel):
         "You are a strict reviewer of AI assistant answers. You check facts, reasoning, code and "
         "whether the answer follows the user's instructions."
     )
-    critique_user: str = (
-        "Review the assistant's response to the conversation below. Point out concrete errors, "
-        "missing parts and instruction violations, then say whether the response is good.\n\n"
-        "[Conversation]\n{conversation}\n\n[Response]\n{response}"
-    )
+    critique_user: str = CRITIQUE_USER
     critique_prefix: str = "\nCritique:\n"
     critique_suffix: str = "\n"
 

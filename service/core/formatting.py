@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.checkpoint.critique_format import HINT_BLOCK
 from service.checkpoint.manifest import Templates
 
 Message = dict[str, str]
@@ -250,10 +251,16 @@ class PromptFormatter:
         return [{"role": "user", "content": plain}]
 
     # ---- engine inputs
-    def critique_prompt_ids(self, messages: Sequence[Message], response: str) -> list[int]:
+    def critique_prompt_ids(
+        self, messages: Sequence[Message], response: str, hint: str | None = None
+    ) -> list[int]:
+        """The generator's input. `hint` (the trainer's grounded sampling only) is a verifier's
+        finding appended to the instruction; inference prompts never carry one."""
         user = self.templates.critique_user.format(
             conversation=conversation_text(messages), response=response
         )
+        if hint:
+            user += HINT_BLOCK.format(hint=self.neutralise(hint))
         chat = [
             {"role": "system", "content": self.templates.critique_system},
             {"role": "user", "content": user},
@@ -285,6 +292,7 @@ class PromptFormatter:
         max_critique_tokens: int,
         num_critiques: int,
         truncate_prompt: bool = False,
+        hint: str | None = None,
     ) -> EncodedItem:
         """Encode one item, checking it fits the context; left-truncate the prompt if asked.
         Control-token strings in the prompt and response are neutralised first."""
@@ -301,7 +309,7 @@ class PromptFormatter:
         gen_extra = max_critique_tokens if num_critiques > 0 else 0
         score_extra = self.overhead(max_critique_tokens) if num_critiques > 0 else 1
         while True:
-            crit = self.critique_prompt_ids(messages, response) if num_critiques > 0 else []
+            crit = self.critique_prompt_ids(messages, response, hint) if num_critiques > 0 else []
             prefix = self.score_prefix_ids(messages, response)
             gen_len, score_len = len(crit) + gen_extra, len(prefix) + score_extra
             if gen_len <= budget and score_len <= budget:

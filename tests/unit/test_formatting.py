@@ -135,3 +135,12 @@ def test_templates_that_do_not_wrap_turns_have_no_markers() -> None:
         return " ".join(m["content"] for m in messages)
 
     assert find_chat_markers(plain) is None
+
+
+def test_a_hint_reaches_the_training_critique_prompt_only(fmt: PromptFormatter) -> None:
+    plain = fmt.encode_item("What is 2 + 2?", "5", 32, 1)
+    hinted = fmt.encode_item("What is 2 + 2?", "5", 32, 1, hint="the answer is 4, not 5")
+    text = fmt.tokenizer.decode(hinted.critique_prompt)
+    assert "Reference check" in text and "the answer is 4, not 5" in text
+    assert "Reference check" not in fmt.tokenizer.decode(plain.critique_prompt)
+    assert hinted.score_prefix == plain.score_prefix  # the reward never sees a hint
