@@ -11,6 +11,7 @@ from trainer.data import synthetic
 from trainer.data.load import DataError, load_pairs, to_pair
 from trainer.judge import parse_score
 from trainer.selection import Scored, filter_pairs, keep_pair, top_k
+from trainer.verify.checks import final_answer, verify
 
 
 @pytest.mark.parametrize(
@@ -67,22 +68,24 @@ def test_generator_is_deterministic_and_balanced() -> None:
     assert a == b and a != synthetic.generate(6, seed=4)
     assert sorted({p.category for p in a}) == sorted(synthetic.CATEGORIES)
     assert all(sum(p.category == c for p in a) == 6 for c in synthetic.CATEGORIES)
-    assert all(p.chosen != p.rejected for p in a)
+    assert all(p.chosen != p.rejected and p.family and p.check for p in a)
 
 
-def test_code_pairs_really_fail_their_tests() -> None:
-    for task in synthetic.CODE_TASKS:
-        assert synthetic.passes(task.good, task.name, task.tests), task.name
-        assert not synthetic.passes(task.bad, task.name, task.tests), task.name
-    assert not synthetic.passes("def f(:\n", "f", [])  # syntax errors fail, not raise
+def test_code_tasks_label_their_implementations_by_the_sandbox() -> None:
+    assert len(synthetic.CODE_TASKS) >= 16
+    task = synthetic.CODE_TASKS[0]
+    check = {"kind": "unit_tests", "name": task.name, "tests": task.tests}
+    assert all(verify(check, src).correct for src in task.good)
+    assert not any(verify(check, src).correct for src in task.bad)
+    assert not verify(check, "def sum_to(n:\n").correct  # syntax errors fail, not raise
 
 
 def test_reasoning_rejected_answers_are_wrong() -> None:
     for p in synthetic.generate(20, seed=1):
         if p.category == "reasoning":
-            right = p.chosen.rsplit("The answer is ", 1)[1]
-            wrong = p.rejected.rsplit("The answer is ", 1)[1]
-            assert right != wrong
+            assert p.check is not None
+            right, wrong = final_answer(p.chosen), final_answer(p.rejected)
+            assert right == p.check["answer"] and right != wrong
 
 
 def test_splits_share_no_prompt() -> None:

@@ -78,6 +78,8 @@ def to_pair(record: Mapping[str, Any], where: str) -> PreferencePair:
         rejected=rejected,
         category=str(category) if category is not None else "general",
         id=str(record.get("id", where)),
+        family=str(record.get("family") or ""),
+        check=record["check"] if isinstance(record.get("check"), dict) else None,
     )
 
 

@@ -17,6 +17,11 @@ class PreferencePair:
     rejected: str
     category: str = "general"
     id: str = ""
+    # The generator's template family (a whole family can be held out of training), and what
+    # trainer.verify.checks needs to verify any response to this prompt (None: no verifier,
+    # e.g. a loaded dataset). Both are plain JSON.
+    family: str = ""
+    check: dict[str, Any] | None = None
 
     def prompt_key(self) -> str:
         """What identifies the prompt when splitting (no prompt may be in two splits)."""
