@@ -21,6 +21,13 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.25, ge=0, lt=1)
     max_train_pairs: int | None = Field(None, ge=1, description="Cap on training pairs.")
+    eval_splits: dict[Literal["hard", "length_bias", "heldout_family", "unseen"], int] = Field(
+        default_factory=dict,
+        description="Synthetic evaluation splits beside test, with their size (pairs per "
+        "category; unseen: pairs): hard (surface form does not decide), length_bias (the "
+        "rejected response is longer), heldout_family (template families never trained on), "
+        "unseen (a category the training data lacks).",
+    )
 
 
 class SamplingConfig(_Section):
@@ -28,6 +35,17 @@ class SamplingConfig(_Section):
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    grounded: bool = Field(
+        True,
+        description="Pairs with a verifier check get grounded critiques (the verifier's hint in "
+        "the sampling prompt, a constrained verdict, the grounded filter); off: judge scores.",
+    )
+    plain_critiques: int = Field(
+        2,
+        ge=0,
+        description="Critiques per response sampled as the service samples them (no hint), "
+        "for the reward head's critique inputs (train.reward_inputs: sampled).",
+    )
 
 
 class RefineConfig(_Section):
@@ -54,6 +72,9 @@ class LoraConfig(_Section):
     )
 
 
+RewardInput = Literal["plain", "sampled", "train"]
+
+
 class TrainConfig(_Section):
     mode: Literal["critic", "bt"] = Field(
         "critic", description="critic: Critic-RM joint training; bt: standard Bradley-Terry RM."
@@ -77,15 +98,28 @@ class TrainConfig(_Section):
         "weights without LoRA); None: every layer.",
     )
     grad_clip: float = Field(1.0, gt=0)
+    reward_inputs: list[RewardInput] = Field(
+        default_factory=lambda: list[RewardInput](["train"]),
+        description="What the reward head reads in critic mode: plain = [x; y] (the m = 0 "
+        "reward), sampled = [x; y; z] with critiques sampled as the service does, train = "
+        "[x; y; z] with the refined training critiques (the paper).",
+    )
 
     @model_validator(mode="after")
     def _accumulation(self) -> TrainConfig:
         if self.pairs_per_step % self.micro_batch:
             raise ValueError("train.pairs_per_step must be a multiple of train.micro_batch")
+        if not self.reward_inputs:
+            raise ValueError("train.reward_inputs must name at least one input")
         return self
 
 
 class EvalConfig(_Section):
+    on: Literal["test", "validation"] = Field(
+        "test",
+        description="validation: evaluate on the validation split only (choosing a recipe); "
+        "test: the test split and data.eval_splits (the report).",
+    )
     ms: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
     max_pairs: int | None = Field(None, ge=1, description="Cap on test pairs evaluated.")
     stats_pairs: int = Field(16, ge=0, description="Validation pairs for reward mean/std.")

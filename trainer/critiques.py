@@ -10,14 +10,24 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from service.checkpoint.critique_format import (
+    VERDICT_MAX_TOKENS,
+    VERDICT_REGEX,
+    parse_verdict,
+    verdict_prompt,
+    with_verdict,
+)
 from service.core.formatting import PromptFormatter, conversation_text, normalize_prompt
 from service.engines.base import CritiqueGenerator, SamplingSpec
 from trainer.config import RefineConfig, SamplingConfig
 from trainer.data.pairs import PreferencePair
 from trainer.judge import SCORE_PROMPT, SCORE_REGEX, parse_score
 from trainer.selection import Scored, top_k
+
+if TYPE_CHECKING:
+    from trainer.verify.checks import Verdict as Finding
 
 
 def score_spec(temperature: float) -> SamplingSpec:
@@ -47,6 +57,7 @@ class SampleStats:
 
     critiques: int = 0
     unparseable: int = 0
+    grounded_pairs: int = 0
     per_category: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -54,14 +65,46 @@ class SampleStats:
 JUDGE_ROOM = 16
 
 
-def _item(fmt: PromptFormatter, prompt: Any, response: str, max_tokens: int) -> list[int]:
+def _item(
+    fmt: PromptFormatter, prompt: Any, response: str, max_tokens: int, hint: str | None = None
+) -> list[int]:
     return fmt.encode_item(
-        prompt, response, max_tokens + JUDGE_ROOM, 1, truncate_prompt=True
+        prompt, response, max_tokens + JUDGE_ROOM, 1, truncate_prompt=True, hint=hint
     ).critique_prompt
 
 
 def fits(fmt: PromptFormatter, ids: list[int], max_tokens: int) -> bool:
     return len(ids) + max_tokens <= fmt.max_model_len
+
+
+def verdict_spec() -> SamplingSpec:
+    """The verdict that closes a structured critique, constrained to Correct|Incorrect; greedy,
+    since it must state what the critique before it concluded."""
+    return SamplingSpec(
+        n=1, temperature=0.0, top_p=1.0, max_tokens=VERDICT_MAX_TOKENS, regex=VERDICT_REGEX
+    )
+
+
+async def verify_pairs(pairs: Sequence[PreferencePair]) -> list[dict[str, Finding] | None]:
+    """The verifier's verdict on both responses of each pair that carries a check (code runs
+    in the sandbox, so this runs off the event loop); None for pairs without one."""
+    import asyncio
+
+    from trainer.verify.checks import verify
+
+    def run() -> list[dict[str, Finding] | None]:
+        out: list[dict[str, Finding] | None] = []
+        for p in pairs:
+            if p.check is None:
+                out.append(None)
+                continue
+            out.append({side: verify(p.check, getattr(p, side)) for side in SIDES})
+        return out
+
+    return await asyncio.to_thread(run)
+
+
+SIDES = ("chosen", "rejected")
 
 
 async def sample_and_judge(
@@ -70,43 +113,84 @@ async def sample_and_judge(
     pairs: Sequence[PreferencePair],
     cfg: SamplingConfig,
 ) -> tuple[list[dict[str, Any]], SampleStats]:
-    """N critiques of each pair's chosen and rejected response, each with a judge score.
+    """Training critiques of each pair's chosen and rejected response, and `cfg.plain_critiques`
+    critiques sampled exactly as the service samples them (no hint, no verdict).
 
-    Returns one record per pair: {"pair", "chosen": [{"text", "score"}], "rejected": [...]};
-    critiques whose score did not parse are dropped and counted."""
-    responses = [(p, side) for p in pairs for side in ("chosen", "rejected")]
-    prompts = [_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens) for p, side in responses]
+    A pair with a verifier check (the synthetic data) gets grounded critiques: the verifier's
+    hint goes into the sampling prompt, the structured critique's verdict is decoded under a
+    Correct|Incorrect constraint, and the record carries the verifier's verdicts for the
+    grounded filter. A pair without one (a loaded dataset) gets critiques judged 1-10 by the
+    model, for the judge-score filter. Returns one record per pair:
+    {"pair", "chosen": [{"text", "score" | "verdict"}], "rejected": [...], "verifier",
+    "chosen_plain": [text], "rejected_plain": [text]}; unparseable judge scores are dropped
+    and counted."""
+    verdicts = await verify_pairs(pairs) if cfg.grounded else [None] * len(pairs)
+    responses = [(i, p, side) for i, p in enumerate(pairs) for side in SIDES]
+    prompts = []
+    for i, p, side in responses:
+        v = verdicts[i]
+        hint = v[side].hint if v is not None else None
+        prompts.append(_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens, hint))
     spec = SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
     critiques, _ = await generator.generate(prompts, [spec] * len(prompts))
-    # The judge continues the critique's own assistant turn: "<critique>\nScore (1-10): N".
-    judge_prompts = [
-        ids + fmt.encode(c.text + SCORE_PROMPT)
-        for ids, cs in zip(prompts, critiques, strict=True)
-        for c in cs
-    ]
-    judge = score_spec(cfg.temperature)
-    judged, _ = await generator.generate(judge_prompts, [judge] * len(judge_prompts))
-    scores = iter(parse_score(out[0].text) if out else None for out in judged)
+    # The closing step continues each critique's own assistant turn: the verdict line
+    # (grounded) or "<critique>\nScore (1-10): N" (judged).
+    close_prompts, close_specs = [], []
+    for (i, _p, _side), ids, cs in zip(responses, prompts, critiques, strict=True):
+        grounded = verdicts[i] is not None
+        for c in cs:
+            tail = verdict_prompt(c.text) if grounded else c.text + SCORE_PROMPT
+            close_prompts.append(ids + fmt.encode(tail))
+            close_specs.append(verdict_spec() if grounded else score_spec(cfg.temperature))
+    closed, _ = await generator.generate(close_prompts, close_specs)
+    closing = iter(out[0].text if out else "" for out in closed)
+
+    plain: list[list[str]] = [[] for _ in responses]
+    if cfg.plain_critiques > 0:
+        # The service's own critique input: no hint, the inference budget.
+        plain_prompts = [
+            fmt.encode_item(
+                p.prompt, getattr(p, side), cfg.max_tokens, 1, truncate_prompt=True
+            ).critique_prompt
+            for _i, p, side in responses
+        ]
+        plain_spec = SamplingSpec(cfg.plain_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
+        sampled, _ = await generator.generate(plain_prompts, [plain_spec] * len(plain_prompts))
+        plain = [[c.text for c in cs] for cs in sampled]
 
     stats = SampleStats()
     records: dict[int, dict[str, Any]] = {}
-    for (pair, side), cs in zip(responses, critiques, strict=True):
-        rec = records.setdefault(id(pair), {"pair": pair.to_json(), "chosen": [], "rejected": []})
+    for (i, pair, side), cs, extra in zip(responses, critiques, plain, strict=True):
+        v = verdicts[i]
+        rec = records.setdefault(i, {"pair": pair.to_json(), "chosen": [], "rejected": []})
+        if v is not None and side == "chosen":
+            stats.grounded_pairs += 1
+            rec["verifier"] = {s: {"correct": v[s].correct, "hint": v[s].hint} for s in SIDES}
+        rec[f"{side}_plain"] = extra
         cat = stats.per_category.setdefault(pair.category, {"critiques": 0, "unparseable": 0})
         for c in cs:
-            score = next(scores)
+            out = next(closing)
             stats.critiques += 1
             cat["critiques"] += 1
+            if v is not None:
+                verdict = parse_verdict(out)
+                if verdict is None:
+                    stats.unparseable += 1
+                    cat["unparseable"] += 1
+                    continue
+                rec[side].append({"text": with_verdict(c.text, verdict), "verdict": verdict})
+                continue
+            score = parse_score(out)
             if score is None:
                 stats.unparseable += 1
                 cat["unparseable"] += 1
                 continue
             rec[side].append({"text": c.text, "score": score})
-    return [records[id(p)] for p in pairs], stats
+    return [records[i] for i in range(len(pairs))], stats
 
 
 def scored(record: dict[str, Any], side: str) -> list[Scored]:
-    return [Scored(c["text"], c["score"]) for c in record[side]]
+    return [Scored(c["text"], c.get("score")) for c in record[side]]
 
 
 async def refine(

@@ -7,9 +7,10 @@ aggregates. A pair is right when r(chosen) > r(rejected); a tie counts half."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,19 @@ def resolve_checkpoint(path: Path) -> CheckpointVersion:
     return CheckpointRoot(path).resolve(verify_hashes=False)
 
 
+Z95 = 1.959964
+
+
+def wilson(hits: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy (ties counted as half a hit)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def accuracy(
     chosen: Sequence[float], rejected: Sequence[float], categories: Sequence[str]
 ) -> dict[str, Any]:
@@ -39,7 +53,10 @@ def accuracy(
     return {
         "overall": statistics.fmean(every) if every else None,
         "pairs": len(every),
+        "ci95": list(wilson(sum(every), len(every))),
         "per_category": {c: statistics.fmean(v) for c, v in sorted(hits.items())},
+        "per_category_pairs": {c: len(v) for c, v in sorted(hits.items())},
+        "per_category_ci95": {c: list(wilson(sum(v), len(v))) for c, v in sorted(hits.items())},
     }
 
 
@@ -85,34 +102,44 @@ async def score_responses(
 
 async def evaluate(
     checkpoint: Path,
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[PreferencePair] | Mapping[str, Sequence[PreferencePair]],
     ms: Sequence[int],
     settings: Settings,
     stats_pairs: Sequence[PreferencePair] = (),
 ) -> dict[str, Any]:
-    """Accuracy at every m for one checkpoint version directory. A standard (bt) RM is only
-    evaluated at m = 0: its reward head never saw a critique. With `stats_pairs`, also the
-    reward mean/std over their responses at the checkpoint's default m (for the manifest)."""
+    """Accuracy at every m for one checkpoint version directory, on one list of pairs or on
+    named splits (scored in one engine start; `by_m` is then the first split's). A standard
+    (bt) RM is only evaluated at m = 0: its reward head never saw a critique. With
+    `stats_pairs`, also the reward mean/std over their responses at the checkpoint's default m
+    (for the manifest)."""
+    splits = dict(pairs) if isinstance(pairs, Mapping) else {"test": list(pairs)}
     version = resolve_checkpoint(checkpoint)
     mode = version.manifest.metrics.get("trainer", {}).get("mode")
     ms = sorted({0} if mode == "bt" else set(ms))
     default_m = 0 if mode == "bt" else version.manifest.sampling.num_critiques
-    every = [*pairs, *stats_pairs]
+    every = [p for part in splits.values() for p in part] + list(stats_pairs)
     items = [(p.prompt, y) for p in every for y in (p.chosen, p.rejected)]
     max_m = max([*ms, default_m if stats_pairs else 0])
     per_response = await score_responses(version, items, max_m, settings)
-    test, val = per_response[: 2 * len(pairs)], per_response[2 * len(pairs) :]
-    categories = [p.category for p in pairs]
-    by_m = {}
-    for m in ms:
-        r = rewards_at(test, m)
-        by_m[str(m)] = accuracy(r[0::2], r[1::2], categories)
+    by_split: dict[str, dict[str, Any]] = {}
+    pos = 0
+    for name, part in splits.items():
+        scored = per_response[pos : pos + 2 * len(part)]
+        pos += 2 * len(part)
+        categories = [p.category for p in part]
+        by_m = {}
+        for m in ms:
+            r = rewards_at(scored, m)
+            by_m[str(m)] = accuracy(r[0::2], r[1::2], categories)
+        by_split[name] = by_m
     result: dict[str, Any] = {
         "checkpoint": str(version.path),
         "model_version": version.manifest.model_version,
         "mode": mode or "critic",
-        "by_m": by_m,
+        "by_m": next(iter(by_split.values())),
+        "splits": by_split,
     }
+    val = per_response[pos:]
     if val:
         r = rewards_at(val, default_m)
         result["reward_stats"] = {
@@ -124,41 +151,84 @@ async def evaluate(
     return result
 
 
+def _cell(value: float | None, ci: Sequence[float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+
+
+def _table(results: Sequence[dict[str, Any]], labels: Sequence[str], split: str) -> list[str]:
+    parts = [r.get("splits", {"test": r["by_m"]}).get(split) for r in results]
+    cats = sorted({c for by_m in parts if by_m for a in by_m.values() for c in a["per_category"]})
+    head = "| checkpoint | m | pairs | overall [95% CI] | " + " | ".join(cats) + " |"
+    rows = [head, "|---|---:|---:|---:|" + "---:|" * len(cats)]
+    for label, by_m in zip(labels, parts, strict=True):
+        for m, acc in (by_m or {}).items():
+            per = " | ".join(
+                _cell(acc["per_category"].get(c), None)
+                + (
+                    f" ({acc.get('per_category_pairs', {}).get(c)})"
+                    if c in acc["per_category"]
+                    else ""
+                )
+                for c in cats
+            )
+            rows.append(
+                f"| {label} | {m} | {acc['pairs']} | {_cell(acc['overall'], acc.get('ci95'))} | {per} |"
+            )
+    return rows
+
+
 def markdown(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
-    cats = sorted({c for r in results for a in r["by_m"].values() for c in a["per_category"]})
-    head = "| checkpoint | m | pairs | overall | " + " | ".join(cats) + " |"
-    rule = "|---|---:|---:|---:|" + "---:|" * len(cats)
-    rows = [head, rule]
-    for label, res in zip(labels, results, strict=True):
-        for m, acc in res["by_m"].items():
-            per = " | ".join(f"{acc['per_category'].get(c, float('nan')):.3f}" for c in cats)
-            rows.append(f"| {label} | {m} | {acc['pairs']} | {acc['overall']:.3f} | {per} |")
-    return "\n".join(rows) + "\n"
+    """One table per split: accuracy with its 95% interval overall, per category with its
+    number of pairs in brackets."""
+    names = list(dict.fromkeys(n for r in results for n in r.get("splits", {"test": 0})))
+    out: list[str] = []
+    for name in names:
+        if len(names) > 1:
+            out += [f"### {name}", ""]
+        out += [*_table(results, labels, name), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def plot(results: Sequence[dict[str, Any]], labels: Sequence[str], out: Path) -> None:
-    """Accuracy against m, one line per checkpoint; an m = 0-only model is a dashed level."""
+    """Accuracy against m, one panel per split and one line per checkpoint (with its 95%
+    interval as a band); an m = 0-only model is a dashed level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(dict.fromkeys(n for r in results for n in r.get("splits", {"test": 0})))
     all_ms = sorted({int(m) for r in results for m in r["by_m"]})
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for i, (label, res) in enumerate(zip(labels, results, strict=True)):
-        ms = sorted(int(m) for m in res["by_m"])
-        acc = [res["by_m"][str(m)]["overall"] for m in ms]
-        if len(ms) == 1:
-            ax.axhline(acc[0], color=f"C{i}", linestyle="--", label=f"{label} (m = {ms[0]})")
-        else:
-            ax.plot(ms, acc, color=f"C{i}", marker="o", label=label)
-    ax.set_xscale("symlog", base=2, linthresh=1)
-    ax.set_xticks(all_ms, [str(m) for m in all_ms])
-    ax.set_xlabel("critiques per response (m)")
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_title("Inference-time scaling")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    cols = min(len(names), 3)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), dpi=110, squeeze=False)
+    for k, name in enumerate(names):
+        ax = axes[k // cols][k % cols]
+        for i, (label, res) in enumerate(zip(labels, results, strict=True)):
+            by_m = res.get("splits", {"test": res["by_m"]}).get(name)
+            if not by_m:
+                continue
+            ms = sorted(int(m) for m in by_m)
+            acc = [by_m[str(m)]["overall"] for m in ms]
+            lo = [by_m[str(m)].get("ci95", [a, a])[0] for m, a in zip(ms, acc, strict=True)]
+            hi = [by_m[str(m)].get("ci95", [a, a])[1] for m, a in zip(ms, acc, strict=True)]
+            if len(ms) == 1:
+                ax.axhline(acc[0], color=f"C{i}", linestyle="--", label=f"{label} (m = {ms[0]})")
+            else:
+                ax.plot(ms, acc, color=f"C{i}", marker="o", label=label)
+                ax.fill_between(ms, lo, hi, color=f"C{i}", alpha=0.12)
+        ax.set_xscale("symlog", base=2, linthresh=1)
+        ax.set_xticks(all_ms, [str(m) for m in all_ms])
+        ax.set_xlabel("critiques per response (m)")
+        ax.set_ylabel("pairwise accuracy")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(loc="best", fontsize=7)
+    for k in range(len(names), rows * cols):
+        axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

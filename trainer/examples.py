@@ -20,11 +20,12 @@ class LmSequence:
 
 @dataclass(frozen=True)
 class PairExample:
-    """One chosen/rejected pair with one critique each (critic mode) or none (bt mode)."""
+    """One chosen/rejected pair's reward inputs and/or critique targets. Either part may be
+    absent: a record can carry more reward inputs than training critiques, or fewer."""
 
     category: str
-    chosen_score: list[int]  # [x; y+ (; z+)] + reward token
-    rejected_score: list[int]
+    chosen_score: list[int] | None  # [x; y+ (; z+)] + reward token
+    rejected_score: list[int] | None
     chosen_lm: LmSequence | None = None
     rejected_lm: LmSequence | None = None
 
@@ -50,9 +51,14 @@ def build_examples(
     with_critiques: bool,
     max_critique_tokens: int,
     max_len: int,
+    reward_inputs: Sequence[str] = ("train",),
 ) -> list[PairExample]:
-    """Critic mode: one example per (chosen, rejected) critique pair of each record's K
-    training critiques. BT mode: one example per pair, no critiques."""
+    """BT mode: one example per pair, no critiques. Critic mode: the critique head learns each
+    record's K training critiques (chosen and rejected, paired), and the reward head reads,
+    per `reward_inputs`: plain, the pair without critique (the m = 0 reward); sampled, the
+    pair with each of the critiques sampled as the service samples them; train, the pair with
+    each training critique (the paper). Reward pairs and critique pairs are zipped into
+    examples, so a step sees both."""
     examples = []
     for rec in records:
         pair = rec.get("pair", rec)
@@ -63,23 +69,34 @@ def build_examples(
             for side in ("chosen", "rejected")
         }
         category = str(pair.get("category", "general"))
+
+        def score(side: str, critique: str | None) -> list[int]:
+            return fmt.score_ids(enc[side].score_prefix, critique)  # noqa: B023 (used at once)
+
         if not with_critiques:
-            examples.append(
-                PairExample(
-                    category,
-                    fmt.score_ids(enc["chosen"].score_prefix, None),
-                    fmt.score_ids(enc["rejected"].score_prefix, None),
-                )
-            )
+            examples.append(PairExample(category, score("chosen", None), score("rejected", None)))
             continue
-        for zc, zr in zip(rec["chosen_train"], rec["rejected_train"], strict=False):
-            examples.append(
-                PairExample(
-                    category,
-                    fmt.score_ids(enc["chosen"].score_prefix, zc),
-                    fmt.score_ids(enc["rejected"].score_prefix, zr),
-                    _lm(fmt, enc["chosen"].critique_prompt, zc, max_len),
-                    _lm(fmt, enc["rejected"].critique_prompt, zr, max_len),
-                )
+        train_pairs = list(zip(rec["chosen_train"], rec["rejected_train"], strict=False))
+        reward: list[tuple[list[int], list[int]]] = []
+        for source in reward_inputs:
+            if source == "plain":
+                reward.append((score("chosen", None), score("rejected", None)))
+                continue
+            texts = (
+                train_pairs
+                if source == "train"
+                else list(zip(rec["chosen_plain"], rec["rejected_plain"], strict=False))
             )
+            reward += [(score("chosen", zc), score("rejected", zr)) for zc, zr in texts]
+        lm = [
+            (
+                _lm(fmt, enc["chosen"].critique_prompt, zc, max_len),
+                _lm(fmt, enc["rejected"].critique_prompt, zr, max_len),
+            )
+            for zc, zr in train_pairs
+        ]
+        for j in range(max(len(reward), len(lm))):
+            r = reward[j] if j < len(reward) else (None, None)
+            c = lm[j] if j < len(lm) else (None, None)
+            examples.append(PairExample(category, r[0], r[1], c[0], c[1]))
     return examples

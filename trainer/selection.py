@@ -10,7 +10,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -74,6 +74,43 @@ def filter_pairs(
             kept.append(pair)
             n_kept[cat] += 1
     return kept, FilterReport(dict(n_kept), dict(n_total))
+
+
+def filter_grounded(
+    records: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], FilterReport, dict[str, float]]:
+    """The grounded instance filter: a critique is kept only when its verdict agrees with the
+    verifier's on the same response, and a pair only when both responses keep one. Records
+    without a verifier are judged by `keep_pair` on their judge scores instead. Also returns,
+    per category, the fraction of critiques whose verdict agreed with the verifier."""
+    kept: list[dict[str, Any]] = []
+    n_kept: dict[str, int] = defaultdict(int)
+    n_total: dict[str, int] = defaultdict(int)
+    agree: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rec in records:
+        cat = str(rec["pair"].get("category", "general"))
+        n_total[cat] += 1
+        verifier = rec.get("verifier")
+        if verifier is None:
+            if keep_pair(_scored(rec["chosen"]), _scored(rec["rejected"])):
+                kept.append(rec)
+                n_kept[cat] += 1
+            continue
+        out = dict(rec)
+        for side in ("chosen", "rejected"):
+            want = "Correct" if verifier[side]["correct"] else "Incorrect"
+            out[side] = [c for c in rec[side] if c.get("verdict") == want]
+            agree[cat][0] += len(out[side])
+            agree[cat][1] += len(rec[side])
+        if out["chosen"] and out["rejected"]:
+            kept.append(out)
+            n_kept[cat] += 1
+    rates = {c: a / n for c, (a, n) in sorted(agree.items()) if n}
+    return kept, FilterReport(dict(n_kept), dict(n_total)), rates
+
+
+def _scored(critiques: Sequence[dict[str, Any]]) -> list[Scored]:
+    return [Scored(c["text"], c.get("score")) for c in critiques]
 
 
 def top_k(critiques: Sequence[Scored], meta_scores: Sequence[int | None], k: int) -> list[Scored]:

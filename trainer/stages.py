@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def trainer_info(run: Run) -> dict[str, Any]:
         "lora": t.lora.model_dump() if t.lora.enabled else None,
         "trainable_layers": t.trainable_layers,
         "refine": run.cfg.refine.model_dump() if t.mode == "critic" else None,
+        "reward_inputs": t.reward_inputs if t.mode == "critic" else ["plain"],
+        "grounded": run.cfg.sampling.grounded if t.mode == "critic" else None,
         "num_critiques_sampled": run.cfg.sampling.num_critiques if t.mode == "critic" else 0,
         "seed": run.cfg.seed,
     }
@@ -74,11 +77,28 @@ def stage_data(run: Run) -> dict[str, Any]:
         train = train[: d.max_train_pairs]
     for name, part in (("train", train), ("val", val), ("test", test)):
         write_jsonl(part, run.path(f"{name}.jsonl"))
+    extra: dict[str, Any] = {}
+    if d.eval_splits and d.source != "synthetic":
+        raise ValueError("data.eval_splits are synthetic splits; they need data.source=synthetic")
+    seen = {p.prompt_key() for p in (*train, *val)}
+    makers: dict[str, Callable[..., list[PreferencePair]]] = {
+        "hard": synthetic.generate_hard,
+        "length_bias": synthetic.generate_length_bias,
+        "heldout_family": synthetic.generate_heldout,
+        "unseen": synthetic.generate_unseen,
+    }
+    for name, size in d.eval_splits.items():
+        made = makers[name](size, seed=run.cfg.seed)
+        # A generated prompt that training has seen would make the split partly a train split.
+        part = [p for p in made if p.prompt_key() not in seen]
+        write_jsonl(part, run.path(f"{name}.jsonl"))
+        extra[name] = _counts(part)
     return {
         "source": d.source,
         "train": _counts(train),
         "val": _counts(val),
         "test": _counts(test),
+        **extra,
     }
 
 
@@ -111,23 +131,24 @@ async def stage_sample(run: Run) -> dict[str, Any]:
         "pairs": len(pairs),
         "critiques": stats.critiques,
         "unparseable_dropped": stats.unparseable,
+        "grounded_pairs": stats.grounded_pairs,
         "per_category": stats.per_category,
     }
 
 
 def stage_filter(run: Run) -> dict[str, Any]:
-    from trainer.critiques import scored
-    from trainer.selection import filter_pairs
+    from trainer.selection import filter_grounded
 
     records = read_json_lines(run.path("critiques.jsonl"))
-    kept, report = filter_pairs(
-        records,
-        [r["pair"].get("category", "general") for r in records],
-        [scored(r, "chosen") for r in records],
-        [scored(r, "rejected") for r in records],
-    )
+    kept, report, agreement = filter_grounded(records)
     write_json_lines(kept, run.path("filtered.jsonl"))
-    return {"kept": len(kept), "pairs": len(records), "report": report.to_json()}
+    return {
+        "kept": len(kept),
+        "pairs": len(records),
+        "grounded": sum("verifier" in r for r in records),
+        "verdict_agreement": agreement,
+        "report": report.to_json(),
+    }
 
 
 async def stage_refine(run: Run) -> dict[str, Any]:
@@ -180,6 +201,7 @@ def stage_train(run: Run) -> dict[str, Any]:
         with_critiques=critic,
         max_critique_tokens=cfg.sampling.max_tokens,
         max_len=t.max_len,
+        reward_inputs=t.reward_inputs,
     )
     set_seed(cfg.seed)
     device = resolve_device(t.device)
@@ -241,10 +263,17 @@ async def stage_eval(run: Run) -> dict[str, Any]:
 
     e = run.cfg.eval
     settings = engine_settings(run)
-    test = read_jsonl(run.path("test.jsonl"))[: e.max_pairs]
-    val = read_jsonl(run.path("val.jsonl"))[: e.stats_pairs]
+    val = read_jsonl(run.path("val.jsonl"))
+    splits: dict[str, Sequence[PreferencePair]]
+    if e.on == "validation":  # recipes are chosen here, never on test
+        splits = {"validation": val[: e.max_pairs]}
+    else:
+        splits = {"test": read_jsonl(run.path("test.jsonl"))[: e.max_pairs]}
+        for name in run.cfg.data.eval_splits:
+            splits[name] = read_jsonl(run.path(f"{name}.jsonl"))[: e.max_pairs]
+    val = val[: e.stats_pairs]
     own = Path(run.summary("export")["path"])
-    results = [await evaluate(own, test, e.ms, settings, stats_pairs=val)]
+    results = [await evaluate(own, splits, e.ms, settings, stats_pairs=val)]
     labels = [f"{run.cfg.export.name} ({run.cfg.train.mode})"]
     skipped = []
     for label, path in e.compare.items():
@@ -254,7 +283,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
             log.warning("eval.compare %s: %s; not compared", label, exc)
             skipped.append({"label": label, "path": path, "error": str(exc)})
             continue
-        results.append(await evaluate(other.path, test, e.ms, settings))
+        results.append(await evaluate(other.path, splits, e.ms, settings))
         labels.append(label)
     write_report(results, labels, run.path("eval"))
     return {
@@ -267,11 +296,23 @@ def stage_publish(run: Run) -> dict[str, Any]:
     from trainer.export import assemble
     from trainer.model import DELTA_FILE, read_delta
 
+    if run.cfg.eval.on != "test":
+        raise ValueError(
+            "publish writes test metrics into the manifest: a run evaluated on validation "
+            "(eval.on=validation) is for choosing a recipe; stop it with --until eval"
+        )
     own = run.summary("eval")["results"][0]
     train = run.summary("train")
     metrics: dict[str, Any] = {
         "trainer": trainer_info(run),
-        "eval": {"test_pairs": own["by_m"][next(iter(own["by_m"]))]["pairs"], "by_m": own["by_m"]},
+        "eval": {
+            "test_pairs": own["by_m"][next(iter(own["by_m"]))]["pairs"],
+            "by_m": own["by_m"],
+            "splits": {
+                name: {m: {"overall": a["overall"], "pairs": a["pairs"]} for m, a in by.items()}
+                for name, by in own.get("splits", {}).items()
+            },
+        },
         "train": {k: v for k, v in train.items() if k not in ("stage", "digest")},
     }
     if run.cfg.train.mode == "critic":

@@ -91,11 +91,14 @@ def _step_losses(
         seqs = [s for ex in batch for s in (ex.chosen_lm, ex.rejected_lm) if s is not None]
         if seqs:
             loss_c = critique_loss(policy, seqs, pad_id)
-    if lam < 1:
-        r = rewards(
-            policy, [ex.chosen_score for ex in batch] + [ex.rejected_score for ex in batch], pad_id
-        )
-        loss_r = bradley_terry(r[: len(batch)], r[len(batch) :])
+    pairs = [
+        (ex.chosen_score, ex.rejected_score)
+        for ex in batch
+        if ex.chosen_score is not None and ex.rejected_score is not None
+    ]
+    if lam < 1 and pairs:
+        r = rewards(policy, [c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+        loss_r = bradley_terry(r[: len(pairs)], r[len(pairs) :])
     zero = policy.head.weight.sum() * 0.0
     total = joint(
         lam, loss_c if loss_c is not None else zero, loss_r if loss_r is not None else zero

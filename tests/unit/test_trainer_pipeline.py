@@ -160,8 +160,12 @@ class CharFormatter:
         )
 
     def encode_item(self, prompt: Any, response: str, *args: Any, **kwargs: Any) -> Any:
+        hint = kwargs.get("hint")
+
         class Enc:
-            critique_prompt = self.encode(f"{prompt}|{response}|A:")
+            critique_prompt = self.encode(
+                f"{prompt}|{response}" + (f"|hint:{hint}" if hint else "") + "|A:"
+            )
 
         return Enc()
 
@@ -186,7 +190,7 @@ async def test_sample_and_judge_drops_and_counts_unparseable_scores() -> None:
         gen,
         CharFormatter(),
         [pair],
-        SamplingConfig(num_critiques=2, max_tokens=8, temperature=0.8),  # type: ignore[arg-type]
+        SamplingConfig(num_critiques=2, max_tokens=8, temperature=0.8, plain_critiques=0),  # type: ignore[arg-type]
     )
     assert stats.critiques == 4 and stats.unparseable == 1
     assert stats.per_category == {"code": {"critiques": 4, "unparseable": 1}}
@@ -263,6 +267,6 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     critic = {"by_m": {"0": accuracy([1], [0], ["a"]), "4": accuracy([0], [1], ["a"])}}
     bt = {"by_m": {"0": accuracy([1], [0], ["a"])}}
     md = markdown([critic, bt], ["critic", "bt"])
-    assert "| critic | 4 | 1 | 0.000 | 0.000 |" in md and "| bt | 0 |" in md
+    assert "| critic | 4 | 1 | 0.000 [0.00, 0.79] | 0.000 (1) |" in md and "| bt | 0 |" in md
     plot([critic, bt], ["critic", "bt"], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -219,3 +219,51 @@ def test_assemble_publishes_the_delta_once_with_its_metadata(
         == 0
     )
     assert CheckpointRoot(root).list_versions() == [m.model_version]
+
+
+def test_reward_inputs_pair_plain_and_sampled_rewards_with_the_training_critiques(
+    fmt: PromptFormatter,
+) -> None:
+    rec = dict(
+        _records()[0],
+        chosen_plain=["plain critique A", "plain critique B"],
+        rejected_plain=["plain critique C", "plain critique D"],
+    )
+    examples = build_examples(
+        fmt,
+        [rec],
+        with_critiques=True,
+        max_critique_tokens=32,
+        max_len=512,
+        reward_inputs=["plain", "sampled"],
+    )
+    assert len(examples) == 3  # 1 plain + 2 sampled reward pairs; 1 training critique pair
+    plain, first, second = examples
+    enc = fmt.encode_item(rec["pair"]["prompt"], rec["pair"]["chosen"], 32, 1)
+    assert plain.chosen_score == fmt.score_ids(enc.score_prefix, None)
+    assert first.chosen_score == fmt.score_ids(enc.score_prefix, "plain critique A")
+    assert second.rejected_score is not None and fmt.tokenizer.decode(second.rejected_score).count(
+        "plain critique D"
+    )
+    # The critique head learns the training critique, once, beside the first reward pair.
+    assert plain.chosen_lm is not None and second.chosen_lm is None
+    target = plain.chosen_lm.ids[plain.chosen_lm.target_from :]
+    assert fmt.tokenizer.decode(target).startswith("The sum is right.")
+
+
+def test_reward_only_examples_train_the_head_while_lambda_is_one(
+    fmt: PromptFormatter, tiny_llama: Path
+) -> None:
+    records = [dict(r, chosen_plain=["ok"], rejected_plain=["not ok"]) for r in _records()]
+    examples = build_examples(
+        fmt,
+        records,
+        with_critiques=True,
+        max_critique_tokens=32,
+        max_len=512,
+        reward_inputs=["plain", "sampled"],
+    )
+    cfg = CFG.model_copy(update={"epochs": 1, "constant_lambda": 0.5})
+    result = train(_policy(tiny_llama, True), examples, cfg, seed=0, pad_id=2, progress=False)
+    assert all(r["loss_r"] is not None for r in result.log)
+    assert any(r["loss_c"] is not None for r in result.log)
