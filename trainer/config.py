@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,13 +21,6 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.25, ge=0, lt=1)
     max_train_pairs: int | None = Field(None, ge=1, description="Cap on training pairs.")
-    eval_splits: dict[Literal["hard", "length_bias", "heldout_family", "unseen"], int] = Field(
-        default_factory=dict,
-        description="Synthetic evaluation splits beside test, with their size (pairs per "
-        "category; unseen: pairs): hard (surface form does not decide), length_bias (the "
-        "rejected response is longer), heldout_family (template families never trained on), "
-        "unseen (a category the training data lacks).",
-    )
 
 
 class SamplingConfig(_Section):
@@ -99,7 +92,7 @@ class TrainConfig(_Section):
     )
     grad_clip: float = Field(1.0, gt=0)
     reward_inputs: list[RewardInput] = Field(
-        default_factory=lambda: list[RewardInput](["train"]),
+        default_factory=lambda: list[RewardInput](["plain", "sampled"]),
         description="What the reward head reads in critic mode: plain = [x; y] (the m = 0 "
         "reward), sampled = [x; y; z] with critiques sampled as the service does, train = "
         "[x; y; z] with the refined training critiques (the paper).",
@@ -114,13 +107,23 @@ class TrainConfig(_Section):
         return self
 
 
+SplitName = Literal["hard", "length_bias", "heldout_family", "unseen"]
+
+
 class EvalConfig(_Section):
     on: Literal["test", "validation"] = Field(
         "test",
         description="validation: evaluate on the validation split only (choosing a recipe); "
-        "test: the test split and data.eval_splits (the report).",
+        "test: the test split and eval.splits (the report).",
     )
     ms: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
+    splits: dict[SplitName, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Synthetic evaluation splits beside test, made in the eval stage with the "
+        "run's seed, with their size (pairs per category; unseen: pairs): hard (surface form "
+        "does not decide), length_bias (the rejected response is longer), heldout_family "
+        "(template families never trained on), unseen (a category the training data lacks).",
+    )
     max_pairs: int | None = Field(None, ge=1, description="Cap on test pairs evaluated.")
     stats_pairs: int = Field(16, ge=0, description="Validation pairs for reward mean/std.")
     compare: dict[str, str] = Field(
@@ -157,6 +160,20 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _critique_inputs(self) -> Config:
+        t = self.train
+        if (
+            t.mode == "critic"
+            and "sampled" in t.reward_inputs
+            and self.sampling.plain_critiques < 1
+        ):
+            raise ValueError(
+                "train.reward_inputs has 'sampled' but sampling.plain_critiques is 0: the reward "
+                "head would get no sampled critiques"
+            )
+        return self
 
     @property
     def out(self) -> Path:

@@ -8,6 +8,7 @@ score on its own; see ../shared/VLLM_CPU_FACTS.md)."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class SampleStats:
     critiques: int = 0
     unparseable: int = 0
     grounded_pairs: int = 0
+    hint_echoes: int = 0
     per_category: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -105,6 +107,8 @@ async def verify_pairs(pairs: Sequence[PreferencePair]) -> list[dict[str, Findin
 
 
 SIDES = ("chosen", "rejected")
+# What a critique that repeats its hint says: the hint block's title and the verifiers' openings.
+HINT_ECHO = re.compile(r"reference check|verifier|execution feedback", re.IGNORECASE)
 
 
 async def sample_and_judge(
@@ -126,17 +130,33 @@ async def sample_and_judge(
     and counted."""
     verdicts = await verify_pairs(pairs) if cfg.grounded else [None] * len(pairs)
     responses = [(i, p, side) for i, p in enumerate(pairs) for side in SIDES]
-    prompts = []
-    for i, p, side in responses:
+    # The service's own critique input: no hint, the inference budget.
+    plain_prompts = [
+        fmt.encode_item(
+            p.prompt, getattr(p, side), cfg.max_tokens + JUDGE_ROOM, 1, truncate_prompt=True
+        ).critique_prompt
+        for _i, p, side in responses
+    ]
+    prompts, specs = [], []
+    # A grounded critique's free text leaves room for its verdict line, so the whole critique
+    # fits the checkpoint's critique budget (sampling.max_tokens) as the service decodes it.
+    free = max(cfg.max_tokens - len(fmt.encode(verdict_prompt("") + "Incorrect")), 1)
+    for (i, p, side), plain_ids in zip(responses, plain_prompts, strict=True):
         v = verdicts[i]
-        hint = v[side].hint if v is not None else None
-        prompts.append(_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens, hint))
-    spec = SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
-    critiques, _ = await generator.generate(prompts, [spec] * len(prompts))
-    # The closing step continues each critique's own assistant turn: the verdict line
-    # (grounded) or "<critique>\nScore (1-10): N" (judged).
+        if v is None:
+            prompts.append(plain_ids)
+            specs.append(
+                SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
+            )
+            continue
+        prompts.append(_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens, v[side].hint))
+        specs.append(SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, free))
+    critiques, _ = await generator.generate(prompts, specs)
+    # The closing step continues each critique in the un-hinted prompt: the verdict line
+    # (grounded; decoded without the hint, so it says what the critique's own text implies,
+    # not what the hint said) or "<critique>\nScore (1-10): N" (judged).
     close_prompts, close_specs = [], []
-    for (i, _p, _side), ids, cs in zip(responses, prompts, critiques, strict=True):
+    for (i, _p, _side), ids, cs in zip(responses, plain_prompts, critiques, strict=True):
         grounded = verdicts[i] is not None
         for c in cs:
             tail = verdict_prompt(c.text) if grounded else c.text + SCORE_PROMPT
@@ -147,13 +167,6 @@ async def sample_and_judge(
 
     plain: list[list[str]] = [[] for _ in responses]
     if cfg.plain_critiques > 0:
-        # The service's own critique input: no hint, the inference budget.
-        plain_prompts = [
-            fmt.encode_item(
-                p.prompt, getattr(p, side), cfg.max_tokens, 1, truncate_prompt=True
-            ).critique_prompt
-            for _i, p, side in responses
-        ]
         plain_spec = SamplingSpec(cfg.plain_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
         sampled, _ = await generator.generate(plain_prompts, [plain_spec] * len(plain_prompts))
         plain = [[c.text for c in cs] for cs in sampled]
@@ -177,6 +190,11 @@ async def sample_and_judge(
                 if verdict is None:
                     stats.unparseable += 1
                     cat["unparseable"] += 1
+                    continue
+                if HINT_ECHO.search(c.text):
+                    # It cites the check it was shown; trained without the hint, it would
+                    # teach the critic to claim checks it never ran.
+                    stats.hint_echoes += 1
                     continue
                 rec[side].append({"text": with_verdict(c.text, verdict), "verdict": verdict})
                 continue

@@ -210,7 +210,9 @@ def plot(results: Sequence[dict[str, Any]], labels: Sequence[str], out: Path) ->
             by_m = res.get("splits", {"test": res["by_m"]}).get(name)
             if not by_m:
                 continue
-            ms = sorted(int(m) for m in by_m)
+            ms = sorted(int(m) for m in by_m if by_m[m]["overall"] is not None)
+            if not ms:  # an empty split: nothing to draw
+                continue
             acc = [by_m[str(m)]["overall"] for m in ms]
             lo = [by_m[str(m)].get("ci95", [a, a])[0] for m, a in zip(ms, acc, strict=True)]
             hi = [by_m[str(m)].get("ci95", [a, a])[1] for m, a in zip(ms, acc, strict=True)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,6 +38,8 @@ def keep_pair(chosen: Sequence[Scored], rejected: Sequence[Scored]) -> bool:
 class FilterReport:
     kept: dict[str, int]
     total: dict[str, int]
+    # Grounded pairs dropped because the verifier disagreed with the label.
+    label_disagreements: dict[str, int] = field(default_factory=dict)
 
     def fraction(self, category: str) -> float:
         return (
@@ -52,6 +54,7 @@ class FilterReport:
     def to_json(self) -> dict[str, object]:
         return {
             "overall": self.overall,
+            "label_disagreements": self.label_disagreements,
             "per_category": {
                 c: {"kept": self.kept.get(c, 0), "total": n, "fraction": self.fraction(c)}
                 for c, n in sorted(self.total.items())
@@ -87,6 +90,7 @@ def filter_grounded(
     n_kept: dict[str, int] = defaultdict(int)
     n_total: dict[str, int] = defaultdict(int)
     agree: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    disagree: dict[str, int] = defaultdict(int)
     for rec in records:
         cat = str(rec["pair"].get("category", "general"))
         n_total[cat] += 1
@@ -95,6 +99,11 @@ def filter_grounded(
             if keep_pair(_scored(rec["chosen"]), _scored(rec["rejected"])):
                 kept.append(rec)
                 n_kept[cat] += 1
+            continue
+        if not verifier["chosen"]["correct"] or verifier["rejected"]["correct"]:
+            # The verifier disagrees with the label (e.g. a sandbox run that timed out under
+            # load): neither side's critiques can be grounded, so the pair is not trained on.
+            disagree[cat] += 1
             continue
         out = dict(rec)
         for side in ("chosen", "rejected"):
@@ -106,7 +115,7 @@ def filter_grounded(
             kept.append(out)
             n_kept[cat] += 1
     rates = {c: a / n for c, (a, n) in sorted(agree.items()) if n}
-    return kept, FilterReport(dict(n_kept), dict(n_total)), rates
+    return kept, FilterReport(dict(n_kept), dict(n_total), dict(disagree)), rates
 
 
 def _scored(critiques: Sequence[dict[str, Any]]) -> list[Scored]:

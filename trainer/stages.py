@@ -62,6 +62,31 @@ def trainer_info(run: Run) -> dict[str, Any]:
     }
 
 
+def eval_splits(run: Run) -> dict[str, list[PreferencePair]]:
+    """The synthetic evaluation splits of `eval.splits`, made from the run's seed (and written
+    beside the run's other splits), without any pair whose prompt or group (a code task, a
+    safety request) training or validation has: such a pair would be partly a train pair."""
+    from trainer.data import synthetic
+
+    makers: dict[str, Callable[..., list[PreferencePair]]] = {
+        "hard": synthetic.generate_hard,
+        "length_bias": synthetic.generate_length_bias,
+        "heldout_family": synthetic.generate_heldout,
+        "unseen": synthetic.generate_unseen,
+    }
+    seen = [*read_jsonl(run.path("train.jsonl")), *read_jsonl(run.path("val.jsonl"))]
+    keys = {p.prompt_key() for p in seen} | {synthetic.group_key(p) for p in seen}
+    out: dict[str, list[PreferencePair]] = {}
+    for name, size in run.cfg.eval.splits.items():
+        made = makers[name](size, seed=run.cfg.seed)
+        part = [
+            p for p in made if p.prompt_key() not in keys and synthetic.group_key(p) not in keys
+        ]
+        write_jsonl(part, run.path(f"{name}.jsonl"))
+        out[name] = part
+    return out
+
+
 # ---------------------------------------------------------------- stages
 def stage_data(run: Run) -> dict[str, Any]:
     from trainer.data import synthetic
@@ -77,28 +102,11 @@ def stage_data(run: Run) -> dict[str, Any]:
         train = train[: d.max_train_pairs]
     for name, part in (("train", train), ("val", val), ("test", test)):
         write_jsonl(part, run.path(f"{name}.jsonl"))
-    extra: dict[str, Any] = {}
-    if d.eval_splits and d.source != "synthetic":
-        raise ValueError("data.eval_splits are synthetic splits; they need data.source=synthetic")
-    seen = {p.prompt_key() for p in (*train, *val)}
-    makers: dict[str, Callable[..., list[PreferencePair]]] = {
-        "hard": synthetic.generate_hard,
-        "length_bias": synthetic.generate_length_bias,
-        "heldout_family": synthetic.generate_heldout,
-        "unseen": synthetic.generate_unseen,
-    }
-    for name, size in d.eval_splits.items():
-        made = makers[name](size, seed=run.cfg.seed)
-        # A generated prompt that training has seen would make the split partly a train split.
-        part = [p for p in made if p.prompt_key() not in seen]
-        write_jsonl(part, run.path(f"{name}.jsonl"))
-        extra[name] = _counts(part)
     return {
         "source": d.source,
         "train": _counts(train),
         "val": _counts(val),
         "test": _counts(test),
-        **extra,
     }
 
 
@@ -230,7 +238,11 @@ def stage_train(run: Run) -> dict[str, Any]:
             "base_model": cfg.base_model,
             "templates": manifest.templates.model_dump(),
             "reward_token": manifest.reward_token,
-            "sampling": SamplingDefaults(max_critique_tokens=cfg.sampling.max_tokens).model_dump(),
+            "sampling": SamplingDefaults(
+                max_critique_tokens=cfg.sampling.max_tokens,
+                temperature=cfg.sampling.temperature,
+                top_p=cfg.sampling.top_p,
+            ).model_dump(),
             "metrics": {"trainer": trainer_info(run)},
         },
     )
@@ -269,8 +281,8 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         splits = {"validation": val[: e.max_pairs]}
     else:
         splits = {"test": read_jsonl(run.path("test.jsonl"))[: e.max_pairs]}
-        for name in run.cfg.data.eval_splits:
-            splits[name] = read_jsonl(run.path(f"{name}.jsonl"))[: e.max_pairs]
+        for name, part in eval_splits(run).items():
+            splits[name] = part[: e.max_pairs]
     val = val[: e.stats_pairs]
     own = Path(run.summary("export")["path"])
     results = [await evaluate(own, splits, e.ms, settings, stats_pairs=val)]
@@ -297,10 +309,9 @@ def stage_publish(run: Run) -> dict[str, Any]:
     from trainer.model import DELTA_FILE, read_delta
 
     if run.cfg.eval.on != "test":
-        raise ValueError(
-            "publish writes test metrics into the manifest: a run evaluated on validation "
-            "(eval.on=validation) is for choosing a recipe; stop it with --until eval"
-        )
+        # Test metrics go into the manifest; a validation run is for choosing a recipe.
+        log.warning("publish: skipped, this run was evaluated on validation (eval.on)")
+        return {"skipped": "eval.on=validation: a run for choosing a recipe is not published"}
     own = run.summary("eval")["results"][0]
     train = run.summary("train")
     metrics: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """The structured critique, defined once: the trainer samples its training critiques in this
-format and the service's endpoints parse and serve the same one.
+format, and a structured /critique answer (issue 11) is to parse and serve this same one.
 
 A critique has CTRL's three parts: an analysis, improvement suggestions, and a final verdict
 line `Overall judgment: Correct` or `Overall judgment: Incorrect`. A 135M model does not write
@@ -53,9 +53,16 @@ class StructuredCritique:
     text: str
 
 
+def free_text(text: str) -> str:
+    """The critique before any verdict line it wrote itself: the verdict is decoded, not
+    trusted from free text (which could also state two contradicting verdicts)."""
+    found = _VERDICT_LINE.search(text)
+    return text[: found.start()].rstrip() if found else text.rstrip()
+
+
 def verdict_prompt(text: str) -> str:
     """The free text followed by the verdict line's opening, for the constrained request."""
-    return text.rstrip() + "\n" + VERDICT_PREFIX
+    return free_text(text) + "\n" + VERDICT_PREFIX
 
 
 def with_verdict(text: str, verdict: Verdict) -> str:

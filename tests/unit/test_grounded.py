@@ -104,6 +104,8 @@ async def test_grounded_sampling_hints_training_prompts_only_and_constrains_the_
     assert "hint:passes 3 tests" in _decode(hinted[0]) and "hint:fails 1" in _decode(hinted[1])
     closing, specs = gen.calls[1]
     assert _decode(closing[0]).endswith("c1\nOverall judgment: ")
+    # The verdict is decoded without the hint: it says what the critique's own text implies.
+    assert all("hint:" not in _decode(p) for p in closing)
     assert all(s.regex == VERDICT_REGEX and s.temperature == 0.0 and s.n == 1 for s in specs)
     plain, plain_specs = gen.calls[2]
     assert all("hint:" not in _decode(p) for p in plain)  # the service's own input
@@ -129,11 +131,16 @@ def test_grounded_filter_keeps_only_critiques_that_agree_with_the_verifier() -> 
         "rejected": [{"text": "y", "score": 3}],
     }
     judged_tie = {**judged, "rejected": [{"text": "y", "score": 8}]}
-    kept, report, agreement = filter_grounded([agree, one_side_wrong, judged, judged_tie])
+    mislabelled = _grounded(["Correct"], ["Incorrect"])
+    mislabelled["verifier"]["rejected"]["correct"] = True  # e.g. a flaky sandbox run
+    kept, report, agreement = filter_grounded(
+        [agree, one_side_wrong, judged, judged_tie, mislabelled]
+    )
     assert [k["pair"]["category"] for k in kept] == ["code", "chat"]
     assert kept[0]["chosen"] == [{"text": "z1", "verdict": "Correct"}]
     assert [c["text"] for c in kept[0]["rejected"]] == ["w0", "w1"]
-    assert report.kept == {"code": 1, "chat": 1} and report.total == {"code": 2, "chat": 2}
+    assert report.kept == {"code": 1, "chat": 1} and report.total == {"code": 3, "chat": 2}
+    assert report.label_disagreements == {"code": 1}
     assert agreement == {"code": pytest.approx(4 / 7)}  # 1 + 2 of 4, 1 + 0 of 3
 
 
@@ -152,3 +159,43 @@ def test_accuracy_reports_pairs_and_intervals_per_category() -> None:
     lo, hi = acc["ci95"]
     assert lo < acc["overall"] < hi
     assert acc["per_category_ci95"]["b"][0] == 0.0
+
+
+async def test_a_critique_that_cites_its_hint_or_writes_its_own_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked = PreferencePair("q", "good", "bad", "code", "p0", check={"kind": "test"})
+
+    async def fake_verify(pairs: Any) -> list[dict[str, Finding] | None]:
+        return [{"chosen": Finding(True, "ok"), "rejected": Finding(False, "fails")}]
+
+    monkeypatch.setattr(critiques, "verify_pairs", fake_verify)
+    gen = ScriptedGenerator(
+        [
+            ["As the verifier says, it passes."],  # cites the check: dropped
+            ["Wrong base case.\nOverall judgment: Correct"],  # its own verdict is replaced
+            ["Correct"],
+            ["Incorrect"],
+        ]
+    )
+    cfg = SamplingConfig(num_critiques=1, max_tokens=64, plain_critiques=0)  # type: ignore[call-arg]
+    records, stats = await sample_and_judge(gen, CharFormatter(), [checked], cfg)  # type: ignore[arg-type]
+    assert records[0]["chosen"] == [] and stats.hint_echoes == 1
+    assert records[0]["rejected"] == [
+        {"text": "Wrong base case.\nOverall judgment: Incorrect", "verdict": "Incorrect"}
+    ]
+    closing, _ = gen.calls[1]
+    assert _decode(closing[1]).endswith("Wrong base case.\nOverall judgment: ")
+    hinted_specs = gen.calls[0][1]
+    # The free text leaves room for the verdict line within the critique budget.
+    assert all(s.max_tokens == 64 - len("\nOverall judgment: Incorrect") for s in hinted_specs)
+
+
+def test_sampled_reward_inputs_need_sampled_critiques() -> None:
+    from trainer.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="plain_critiques"):
+        load_config(None, ["sampling.plain_critiques=0", "train.reward_inputs=[plain, sampled]"])
+    load_config(None, ["sampling.plain_critiques=0", "train.reward_inputs=[plain]"])
+    with pytest.raises(ConfigError, match="splits"):
+        load_config(None, ["eval.splits={hard: 0}"])
