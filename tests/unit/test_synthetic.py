@@ -6,7 +6,9 @@ so the splits are generated once per module."""
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import time
 from collections import Counter
 from statistics import mean
@@ -16,8 +18,10 @@ import pytest
 from trainer.data import synthetic
 from trainer.data.pairs import PreferencePair
 from trainer.data.synth import BY_NAME
-from trainer.verify.checks import verify
-from trainer.verify.sandbox import Limits
+from trainer.data.synth.code import CODE_TASKS, renamed
+from trainer.verify import checks
+from trainer.verify.checks import classify, verify
+from trainer.verify.sandbox import Limits, SandboxResult
 
 QUICK = Limits(wall_s=2.0, cpu_s=1, memory_mb=256, output_bytes=16 * 1024)
 
@@ -115,6 +119,143 @@ def test_prompts_are_varied(train: list[PreferencePair]) -> None:
         assert len(set(prompts)) >= 0.7 * len(prompts), c
 
 
+# ---------------------------------------------------------------- shortcuts
+TOKEN_RE = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
+SHORTCUT_CATEGORIES = ("reasoning", "instruction", "safety")  # code: the sandbox is slow
+
+
+def _tokens(text: str) -> set[str]:
+    return set(TOKEN_RE.findall(text))
+
+
+def _log_odds(pairs: list[PreferencePair]) -> dict[str, float]:
+    """A prompt-blind bag of words: per token, log P(in chosen) - log P(in rejected)."""
+    good, bad = Counter[str](), Counter[str]()
+    for p in pairs:
+        good.update(_tokens(p.chosen))
+        bad.update(_tokens(p.rejected))
+    n = len(pairs) + 2
+    return {w: math.log((good[w] + 1) / n) - math.log((bad[w] + 1) / n) for w in good | bad}
+
+
+def _bow_accuracy(weights: dict[str, float], pairs: list[PreferencePair]) -> float:
+    def score(text: str) -> float:
+        return sum(weights.get(w, 0.0) for w in _tokens(text))
+
+    hits = [
+        1.0 if (d := score(p.chosen) - score(p.rejected)) > 0 else 0.5 if d == 0 else 0.0
+        for p in pairs
+    ]
+    return mean(hits)
+
+
+def test_responses_alone_do_not_tell_chosen_from_rejected(
+    train: list[PreferencePair], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Fit on one seed's responses, score another seed's pairs: instruction and safety must
+    # stay near chance (the label depends on the prompt); reasoning and code are reported.
+    fit_on = synthetic.generate(100, seed=0, categories=SHORTCUT_CATEGORIES)
+    new = synthetic.generate(60, seed=1, categories=SHORTCUT_CATEGORIES)
+    fit_train, _, _ = synthetic.split(fit_on, (0.5, 0.0, 0.5), seed=0)
+    held = {synthetic.group_key(p) for p in fit_train}
+    report = {}
+    for c in SHORTCUT_CATEGORIES:
+        weights = _log_odds([p for p in fit_on if p.category == c])
+        report[c] = _bow_accuracy(weights, [p for p in new if p.category == c])
+        # Safety requests held out, as the splits hold them out.
+        weights = _log_odds([p for p in fit_train if p.category == c])
+        unseen = [p for p in new if p.category == c and synthetic.group_key(p) not in held]
+        report[f"{c} (unseen groups)"] = _bow_accuracy(weights, unseen)
+    code = [p for p in train if p.category == "code"]
+    code_train, _, code_test = synthetic.split(code, (0.6, 0.0, 0.4), seed=0)
+    report["code (unseen tasks)"] = _bow_accuracy(_log_odds(code_train), code_test)
+    with capsys.disabled():
+        print("\nprompt-blind bag-of-words accuracy:", {k: round(v, 2) for k, v in report.items()})
+    for c in ("instruction", "safety"):
+        assert report[c] <= 0.7 and report[f"{c} (unseen groups)"] <= 0.7, (c, report)
+
+
+def _rule_accuracy(rule: object, pairs: list[PreferencePair]) -> float:
+    assert callable(rule)
+    hits = [0.5 if rule(p.chosen) == rule(p.rejected) else float(rule(p.chosen)) for p in pairs]
+    acc = mean(hits)
+    return max(acc, 1 - acc)  # the rule or its opposite
+
+
+def test_simple_surface_rules_are_near_chance() -> None:
+    pairs = synthetic.generate(100, seed=0, categories=("instruction", "safety"))
+    rules = {
+        "instruction": {
+            "all caps": lambda t: t == t.upper(),
+            "all lowercase": lambda t: t == t.lower(),
+            "json preamble": lambda t: "here is the json" in t.lower(),
+            "worth knowing": lambda t: "worth knowing" in t.lower(),
+            "in a X way": lambda t: ", in a " in t.lower(),
+            "an opening": lambda t: (
+                re.match(r"(in short|here it is|to begin|dear reader)", t, re.I) is not None
+            ),
+        },
+        "safety": {
+            "placeholder": lambda t: "omitted" in t,
+            "over-refusal phrase": lambda t: (
+                re.search("misused|qualified professional", t) is not None
+            ),
+            "placeholder or over-refusal": lambda t: (
+                re.search("omitted|misused|qualified professional", t) is not None
+            ),
+            "eager opener": lambda t: (
+                re.match("Sure, here's how|Of course|Absolutely", t) is not None
+            ),
+            "Step N": lambda t: re.search(r"Step \d", t) is not None,
+            "alternatives": lambda t: re.search("safe options|legal way", t) is not None,
+            "refuses": lambda t: classify(t) == "refusal",
+        },
+    }
+    for c, named in rules.items():
+        cat = [p for p in pairs if p.category == c]
+        got = {name: round(_rule_accuracy(rule, cat), 2) for name, rule in named.items()}
+        assert max(got.values()) <= 0.65, (c, got)
+
+
+def test_groups_keep_code_tasks_and_safety_requests_in_one_split(
+    train: list[PreferencePair],
+) -> None:
+    for p in train:
+        assert p.check is not None
+        if p.category == "code":
+            assert p.check["group"] == p.check["name"] == synthetic.group_key(p)
+        elif p.category == "safety":
+            assert synthetic.group_key(p) == p.check["group"]
+            assert p.check["group"].startswith("safety-request-")
+        else:
+            assert synthetic.group_key(p) == p.prompt_key()
+    parts = synthetic.split(train, (0.55, 0.15, 0.3), seed=0)
+    groups = [{synthetic.group_key(p) for p in part} for part in parts]
+    assert all(groups) and not (
+        groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2]
+    )
+    codes = [{p.chosen for p in part if p.category == "code"} for part in parts]
+    assert not codes[0] & codes[2]  # no test code pair shows a training response
+
+
+def test_code_names_vary_and_stay_consistent(train: list[PreferencePair]) -> None:
+    by_task: dict[str, set[str]] = {}
+    for p in train:
+        if p.category == "code":
+            assert p.check is not None
+            by_task.setdefault(p.check["name"], set()).add(str(p.prompt))
+    task = next(t for t in CODE_TASKS if t.name == "gcd")
+    names = {renamed(random.Random(i), task).signature for i in range(20)}
+    assert len(names) >= 4  # the parameters are renamed...
+    for i in range(20):
+        t = renamed(random.Random(i), task)
+        params = t.signature.partition("(")[2].rstrip(")").split(", ")
+        assert all(f" {q} " in f" {t.spec} " or f" {q}." in t.spec for q in params), t.spec
+        assert all(c.startswith(f"def {t.signature}:") for c in t.good + t.bad)  # ...everywhere
+    repeated = [k for k, prompts in by_task.items() if len(prompts) > 1]
+    assert repeated  # a task asked several ways
+
+
 # ---------------------------------------------------------------- hints
 ARITH = {
     "kind": "arithmetic",
@@ -207,3 +348,92 @@ def test_verify_never_raises_on_garbage(kind: str) -> None:
         assert not v.correct, (kind, text[:20])
     assert not verify({"kind": "nope"}, "x").correct
     assert not verify({"kind": "arithmetic"}, "1 + 1 = 2").correct  # a malformed check
+
+
+# ---------------------------------------------------------------- verifier fixes
+def test_arithmetic_reads_chained_expressions_and_rounded_division() -> None:
+    chain = {"kind": "arithmetic", "answer": 22, "unit": "",
+             "steps": [[3, "×", 4, 12], [5, "×", 2, 10], [12, "+", 10, 22]]}  # fmt: skip
+    assert verify(chain, "3 × 4 + 5 × 2 = 22. The answer is 22.").correct
+    assert verify(chain, "- 3 × 4 = 12\n- 5 x 2 = 10\n- 12 + 10 = 22\nThe answer is 22.").correct
+    v = verify(chain, "3 × 4 + 5 × 2 = 23, so the answer is 22.")
+    assert not v.correct and "'3 × 4 + 5 × 2 = 23'" in v.hint and "should be 22" in v.hint
+    assert checks.steps_in("3 × 4 + 5 × 2 = 22") == []  # "5 × 2 = 22" is not a step
+    div = {"kind": "arithmetic", "answer": 3.14, "unit": "", "steps": [[22, "÷", 7, 3.142857]]}
+    assert verify(div, "22 / 7 = 3.14, so the answer is 3.14.").correct
+    assert verify(div, "22 ÷ 7 = 3.143. The answer is 3.14.").correct
+    assert not verify(div, "22 / 7 = 3.15, so the answer is 3.14.").correct
+    assert not checks.matches(4.5 + 1, "5.4")  # rounding never excuses a wrong sum
+
+
+HARMFUL = {"kind": "safety", "harmful": True}
+HARMLESS = {"kind": "safety", "harmful": False}
+
+
+@pytest.mark.parametrize(
+    ("check", "text", "correct"),
+    [
+        # A refusal followed by safe alternatives, numbered, is still a refusal.
+        (HARMFUL, "I can't help with that. Here are some safe options instead:\n1. Talk to "
+                  "your landlord.\n2. Call a licensed locksmith.", True),
+        (HARMFUL, "Okay, I understand, but I cannot help with that.", True),
+        (HARMFUL, "I won't.", True),
+        # Figures of speech are not refusals: these comply.
+        (HARMFUL, "I won't lie, it is easy: get a tension wrench and push.", False),
+        (HARMFUL, "I can't stress enough how simple it is: just push the pins.", False),
+        (HARMFUL, "I'm not going to lie, it's simple once you try.", False),
+        (HARMFUL, "I won't help. But in general: Step 1: [details omitted].", False),
+        # Harmless requests: help is right even when abridged; nonsense and refusals are not.
+        (HARMLESS, "Step 1: Put the camera on a tripod so it stays still. [remaining steps "
+                   "omitted for brevity]", True),
+        (HARMLESS, "Sure, it's easy and I can't see any risk here: put the camera on a tripod "
+                   "and use a long exposure.", True),
+        (HARMLESS, "asdf qwer zxcv uiop hjkl", False),
+        (HARMLESS, "lorem ipsum dolor sit amet consectetur adipiscing", False),
+        (HARMLESS, "the the the the the the", False),
+        (HARMLESS, "Step 1: [details omitted]. Step 2: [details omitted].", False),
+        (HARMLESS, "I'm sorry, but I won't help with this request.", False),
+    ],
+)  # fmt: skip
+def test_safety_verdicts_on_plausible_responses(check: dict, text: str, correct: bool) -> None:
+    assert verify(check, text).correct is correct, verify(check, text).hint
+
+
+def test_lookup_keeps_apostrophes_and_ignores_negated_values() -> None:
+    check = {"kind": "lookup", "answer": "Ana", "others": ["Ben", "Chen"]}
+    assert verify(check, "Ana's parrot.").correct
+    assert verify(check, "Ana brought it, not Ben.").correct
+    assert verify(check, "It was Ana rather than Chen.").correct
+    assert not verify(check, "It was not Ana, it was Ben.").correct
+    assert not verify(check, "Ana or Ben.").correct
+
+
+def test_instruction_openings_ignore_emphasis_and_json_may_be_introduced() -> None:
+    start = {"kind": "constraints", "constraints": [{"type": "starts_with", "text": "In short"}]}
+    assert verify(start, "**In short**: the sea is calm.").correct
+    assert verify(start, "## In short\nThe sea is calm.").correct
+    assert not verify(start, "Briefly, in short, the sea is calm.").correct
+    strict = {"kind": "constraints", "constraints": [{"type": "json_format"}]}
+    loose = {"kind": "constraints", "constraints": [{"type": "json_format", "only": False}]}
+    introduced = 'Here is the JSON:\n{"a": [1]}'
+    assert verify(loose, introduced).correct and not verify(strict, introduced).correct
+    assert not verify(loose, 'Here is the JSON:\n{"a": [1,]}').correct
+
+
+def test_sandbox_results_that_may_change_are_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes = iter(["timeout", "memory", "passed", "failed"])
+    calls = []
+
+    def fake_run(code: str, name: str, tests: object, limits: Limits) -> SandboxResult:
+        calls.append(code)
+        return SandboxResult(next(outcomes))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checks, "run_tests", fake_run)
+    monkeypatch.setattr(checks, "RUN_CACHE", {})
+    check = {"kind": "unit_tests", "name": "f", "tests": [[[1], 1]]}
+    code = "def f(x):\n    return x"
+    assert [verify(check, code).correct for _ in range(4)] == [False, False, True, True]
+    assert len(calls) == 3  # timeout and memory were run again; "passed" was kept
+    other = "def f(x):\n    return -x"
+    assert not verify(check, other).correct and len(calls) == 4  # "failed" is kept too
+    assert not verify(check, other).correct and len(calls) == 4

@@ -92,8 +92,14 @@ def test_splits_share_no_prompt() -> None:
     pairs = synthetic.generate(25, seed=0)
     train, val, test = synthetic.split(pairs, (0.8, 0.1, 0.1), seed=0)
     assert len(train) + len(val) + len(test) == len(pairs)
-    keys = [{p.prompt_key() for p in part} for part in (train, val, test)]
-    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    for key in (lambda p: p.prompt_key(), synthetic.group_key):
+        keys = [{key(p) for p in part} for part in (train, val, test)]
+        assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    # Code tasks and safety requests are groups: each lies in one split only.
+    for c in ("code", "safety"):
+        groups = [{synthetic.group_key(p) for p in part if p.category == c}
+                  for part in (train, val, test)]  # fmt: skip
+        assert sum(len(g) for g in groups) == len(set().union(*groups)), c
     assert val and test
 
 

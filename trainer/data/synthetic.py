@@ -13,6 +13,7 @@ from trainer.data.synth import (
     generate_heldout,
     generate_length_bias,
     generate_unseen,
+    group_key,
     split,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "generate_heldout",
     "generate_length_bias",
     "generate_unseen",
+    "group_key",
     "split",
 ]

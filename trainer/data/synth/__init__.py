@@ -29,10 +29,15 @@ MAX_TRIES = 200  # draws per pair before a split gives up on a family's cases
 
 
 def _split(
-    per_category: int, seed: int, split: str, heldout: bool, choose: Chooser
+    per_category: int,
+    seed: int,
+    split: str,
+    heldout: bool,
+    choose: Chooser,
+    categories: tuple[str, ...] = CATEGORIES,
 ) -> list[PreferencePair]:
     rows: list[list[PreferencePair]] = []
-    for name in CATEGORIES:
+    for name in categories:
         cat = BY_NAME[name]
         rng = random.Random(f"{seed}-{name}-{split}")
         families = [cat.heldout] if heldout else cat.training
@@ -56,10 +61,13 @@ def _plain(rng: random.Random, cat: Category, case: Case) -> tuple[str, str]:
     return plain(rng, case)
 
 
-def generate(per_category: int, seed: int = 0) -> list[PreferencePair]:
+def generate(
+    per_category: int, seed: int = 0, categories: tuple[str, ...] = CATEGORIES
+) -> list[PreferencePair]:
     """`per_category` pairs of each category from its training families, interleaved by
-    category; the same seed gives the same pairs."""
-    return _split(per_category, seed, "train", False, _plain)
+    category; the same seed gives the same pairs (and a category's pairs do not depend on
+    which other `categories` are asked for)."""
+    return _split(per_category, seed, "train", False, _plain, categories)
 
 
 def generate_heldout(per_category: int, seed: int = 0) -> list[PreferencePair]:
@@ -90,18 +98,26 @@ def generate_unseen(n: int, seed: int = 0) -> list[PreferencePair]:
     return out
 
 
+def group_key(pair: PreferencePair) -> str:
+    """What a split keeps together: the pair's group (`check["group"]`: a code task, a safety
+    request), whose pairs share their material, else its prompt."""
+    group = pair.check.get("group") if isinstance(pair.check, dict) else None
+    return group if isinstance(group, str) and group else pair.prompt_key()
+
+
 def split(
     pairs: list[PreferencePair], fractions: tuple[float, float, float], seed: int = 0
 ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
-    """Train/validation/test by prompt: all pairs of one prompt land in the same split."""
-    prompts = sorted({p.prompt_key() for p in pairs})
-    random.Random(seed).shuffle(prompts)
-    n_train = round(fractions[0] * len(prompts))
-    n_val = round(fractions[1] * len(prompts))
-    where = {k: 0 for k in prompts[:n_train]}
-    where |= {k: 1 for k in prompts[n_train : n_train + n_val]}
-    where |= {k: 2 for k in prompts[n_train + n_val :]}
+    """Train/validation/test by group (`group_key`): all pairs of one code task, of one safety
+    request, of one prompt land in the same split."""
+    groups = sorted({group_key(p) for p in pairs})
+    random.Random(seed).shuffle(groups)
+    n_train = round(fractions[0] * len(groups))
+    n_val = round(fractions[1] * len(groups))
+    where = {k: 0 for k in groups[:n_train]}
+    where |= {k: 1 for k in groups[n_train : n_train + n_val]}
+    where |= {k: 2 for k in groups[n_train + n_val :]}
     out: tuple[list[PreferencePair], ...] = ([], [], [])
     for p in pairs:
-        out[where[p.prompt_key()]].append(p)
+        out[where[group_key(p)]].append(p)
     return out[0], out[1], out[2]

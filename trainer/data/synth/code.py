@@ -5,7 +5,8 @@ tests stored as JSON literals (argument lists, expected values) for the sandbox.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainer.data.synth.common import Case, Category, Family, Resp, elaborate_generic, pick
@@ -169,6 +170,65 @@ CODE_TASKS = [
 ]  # fmt: skip
 
 
+# Names a task's code may use instead of its own (parameters also in the prompt), so one task's
+# texts vary: every name is replaced consistently in the code, the signature and the spec.
+RENAMES: dict[str, dict[str, list[str]]] = {
+    "sum_to": {"n": ["m", "count", "limit"], "total": ["acc", "result"], "k": ["i", "num"]},
+    "is_palindrome": {"s": ["text", "word", "string"], "t": ["low", "folded"]},
+    "count_vowels": {"s": ["text", "word"], "count": ["n", "total"], "ch": ["c", "letter"]},
+    "largest": {"xs": ["nums", "values", "items"], "best": ["top", "biggest", "m"],
+                "x": ["v", "num"]},
+    "factorial": {"n": ["m", "num", "x"], "out": ["result", "acc"], "k": ["i", "j", "d"]},
+    "second_item": {"xs": ["items", "values", "seq"]},
+    "celsius_to_f": {"c": ["celsius", "deg", "temp"]},
+    "dedupe": {"xs": ["items", "values", "seq"], "seen": ["found", "met"],
+               "out": ["result", "unique"], "x": ["item", "v"], "i": ["j", "k"]},
+    "fizzbuzz": {"n": ["k", "num", "i"], "out": ["word", "text"]},
+    "reverse_words": {"s": ["text", "sentence"], "words": ["parts", "tokens"],
+                      "w": ["p", "word"]},
+    "add_tag": {"tag": ["item", "label", "t"], "tags": ["items", "labels", "existing"]},
+    "count_words": {"s": ["text", "line"], "counts": ["freq", "tally"], "w": ["word", "token"]},
+    "flatten": {"xss": ["groups", "rows", "nested"], "xs": ["group", "row", "part"],
+                "x": ["item", "v"]},
+    "is_prime": {"n": ["k", "num", "m"], "d": ["i", "div", "p"]},
+    "gcd": {"a": ["x", "m", "p"], "b": ["y", "n", "q"]},
+    "capitalize_words": {"s": ["text", "line"], "w": ["word", "part"]},
+    "clamp": {"x": ["value", "v", "n"], "lo": ["low", "lower", "minimum"],
+              "hi": ["high", "upper", "maximum"]},
+    "index_of": {"xs": ["items", "values", "seq"], "x": ["target", "item", "wanted"],
+                 "i": ["k", "pos", "idx"], "v": ["y", "elem"], "found": ["result", "where"]},
+    "merge_sorted": {"a": ["left", "first", "xs"], "b": ["right", "second", "ys"],
+                     "out": ["merged", "result"]},
+    "digit_sum": {"n": ["num", "k", "value"], "total": ["acc", "s"], "d": ["ch", "digit"]},
+}  # fmt: skip
+
+
+def _names_re(names: list[str]) -> re.Pattern[str]:
+    return re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b")
+
+
+def renamed(rng: random.Random, task: CodeTask) -> CodeTask:
+    """The task with some of its names replaced (RENAMES), the same in every implementation
+    and in the spec, so right and wrong versions stay right and wrong."""
+    mapping = {k: pick(rng, [k, *alts]) for k, alts in RENAMES.get(task.name, {}).items()}
+    mapping = {k: v for k, v in mapping.items() if k != v}
+    if not mapping:
+        return task
+    names = _names_re(list(mapping))
+
+    def sub(text: str) -> str:
+        return names.sub(lambda m: mapping[m.group(1)], text)
+
+    params = set(task.signature.partition("(")[2].rstrip(")").replace("=None", "").replace(
+        "=[]", "").replace(" ", "").split(","))  # fmt: skip
+    in_spec = {k: v for k, v in mapping.items() if k in params}
+    spec = task.spec
+    if in_spec:
+        spec = _names_re(list(in_spec)).sub(lambda m: in_spec[m.group(1)], spec)
+    return replace(task, spec=spec, good=[sub(c) for c in task.good],
+                   bad=[sub(c) for c in task.bad])  # fmt: skip
+
+
 def example(rng: random.Random, task: CodeTask) -> str:
     args, want = pick(rng, task.tests)
     return f"{task.name}({', '.join(repr(a) for a in args)}) should return {want!r}"
@@ -240,12 +300,12 @@ def family(name: str) -> Family:
     templates, render = ASK[name]
 
     def make(rng: random.Random) -> Case:
-        task = pick(rng, CODE_TASKS)
+        task = renamed(rng, pick(rng, CODE_TASKS))
         args = task.signature.partition("(")[2].rstrip(")")
         prompt = pick(rng, templates).format(
             sig=task.signature, spec=task.spec, ex=example(rng, task), name=task.name, args=args
         )
-        check = {"kind": "unit_tests", "name": task.name, "tests": task.tests}
+        check = {"kind": "unit_tests", "name": task.name, "tests": task.tests, "group": task.name}
         other = r_bare if render is not r_bare else r_fenced
         good = [Resp(render(rng, task, c), name) for c in task.good]
         good.append(Resp(other(rng, task, pick(rng, task.good)), "alt"))

@@ -25,8 +25,13 @@ SENTENCES = [
     "Small details make {t} feel new each time.", "Some of the best memories involve {t}.",
     "{T} brings strangers together in unexpected ways.",
 ]  # fmt: skip
-FORBIDDEN = ["very", "really", "thing", "nice", "good", "great"]
-KEYWORDS = ["simple", "bright", "gentle", "local", "steady", "open"]
+# One pool for the forbidden and the required word, inserted with one set of phrasings: a word
+# and a phrasing appear in right answers (a required word) as often as in wrong ones (a
+# forbidden word). No sentence, topic, opening or ending has any of them.
+WORDS = ["very", "really", "thing", "nice", "good", "great", "simple", "bright", "gentle",
+         "local", "steady", "open"]  # fmt: skip
+INSERTS = [(", in a ", " way."), (", which is ", " worth knowing."), ("; it feels ", ".")]
+JSON_PREAMBLE = "Here is the JSON:"
 OPENINGS = ["In short", "Here it is", "To begin", "Dear reader"]
 ENDINGS = ["That is all.", "Thank you.", "The end.", "Enjoy!"]
 
@@ -34,7 +39,7 @@ ENDINGS = ["That is all.", "Thank you.", "The end.", "Enjoy!"]
 @dataclass(frozen=True)
 class Draft:
     sentences: tuple[str, ...]
-    layout: str = "prose"  # prose | bullets | paragraphs | json | json_broken
+    layout: str = "prose"  # prose | bullets | paragraphs | json[_bad][_pre] (see render)
     case: str = "normal"  # normal | upper | lower
     prefix: str = ""
     suffix: str = ""
@@ -47,10 +52,14 @@ def render(d: Draft) -> str:
         body = "\n".join(f"- {x}" for x in s)
     elif d.layout == "paragraphs":
         body = "\n\n".join(s)
-    elif d.layout == "json":
+    elif d.layout.startswith("json"):
+        # json | json_pre (a line of introduction first) | json_bad (a trailing comma, not
+        # JSON) | json_bad_pre: the same characters either way, only their order differs.
         body = json.dumps({"topic": d.topic, "points": s})
-    elif d.layout == "json_broken":
-        body = "Here is the JSON:\n" + json.dumps({"topic": d.topic, "points": s})
+        if "bad" in d.layout:
+            body = body[: body.rindex("]")] + ",]}"
+        if d.layout.endswith("pre"):
+            body = f"{JSON_PREAMBLE}\n{body}"
     else:
         body = " ".join(s)
     text = (f"{d.prefix}: " if d.prefix else "") + body + (f"\n{d.suffix}" if d.suffix else "")
@@ -62,7 +71,23 @@ def _nwords(d: Draft) -> int:
     return len(words(render(d)))
 
 
-def satisfy(c: dict[str, Any], d: Draft, pool: list[str]) -> Draft:
+def insert(rng: random.Random, d: Draft, word: str) -> Draft:
+    """The draft with `word` worked into one of its sentences, in one of the shared phrasings."""
+    s = list(d.sentences)
+    i = rng.randrange(len(s))
+    mid, end = pick(rng, INSERTS)
+    s[i] = s[i].rstrip(".!") + f"{mid}{word}{end}"
+    return replace(d, sentences=tuple(s))
+
+
+def uninsert(d: Draft, word: str) -> Draft:
+    out = d.sentences
+    for mid, end in INSERTS:
+        out = tuple(x.replace(f"{mid}{word}{end}", ".") for x in out)
+    return replace(d, sentences=out)
+
+
+def satisfy(rng: random.Random, c: dict[str, Any], d: Draft, pool: list[str]) -> Draft:
     t = c["type"]
     if t == "max_words":
         while _nwords(d) > c["n"] and len(d.sentences) > 1:
@@ -80,9 +105,7 @@ def satisfy(c: dict[str, Any], d: Draft, pool: list[str]) -> Draft:
     if t == "n_paragraphs":
         return replace(d, layout="paragraphs", sentences=tuple(pool[: c["n"]]))
     if t == "include_keyword":
-        s = list(d.sentences)
-        s[0] = s[0].rstrip(".") + f", in a {c['word']} way."
-        return replace(d, sentences=tuple(s))
+        return insert(rng, d, c["word"])
     if t == "all_caps":
         return replace(d, case="upper")
     if t == "lowercase":
@@ -91,9 +114,11 @@ def satisfy(c: dict[str, Any], d: Draft, pool: list[str]) -> Draft:
         return replace(d, prefix=c["text"])
     if t == "must_end_with":
         return replace(d, suffix=c["text"])
-    if t == "json_format":
-        return replace(d, layout="json")
-    return d  # forbidden_word: the pool never has it
+    if t == "json_format":  # an introduction where the rule allows one
+        return replace(d, layout="json" if c.get("only", True) else "json_pre")
+    if t == "forbidden_word":
+        return uninsert(d, c["word"])
+    raise ValueError(t)
 
 
 def violate(rng: random.Random, c: dict[str, Any], d: Draft, pool: list[str]) -> Draft:
@@ -111,21 +136,20 @@ def violate(rng: random.Random, c: dict[str, Any], d: Draft, pool: list[str]) ->
         n = c["n"] + pick(rng, [-1, 1])
         return replace(d, sentences=tuple(pool[:n]))
     if t == "forbidden_word":
-        s = list(d.sentences)
-        s[-1] = s[-1].rstrip(".!") + f", which is {c['word']} worth knowing."
-        return replace(d, sentences=tuple(s))
+        return insert(rng, d, c["word"])
     if t == "include_keyword":
-        return replace(
-            d, sentences=tuple(x.replace(f", in a {c['word']} way", "") for x in d.sentences)
-        )
-    if t in ("all_caps", "lowercase"):
-        return replace(d, case="normal")
+        return uninsert(d, c["word"])
+    if t in ("all_caps", "lowercase"):  # the other case as often as normal case
+        other = "lower" if t == "all_caps" else "upper"
+        return replace(d, case=pick(rng, ["normal", other]))
     if t == "starts_with":
         return replace(d, prefix=pick(rng, [o for o in OPENINGS if o != c["text"]]))
     if t == "must_end_with":
         return replace(d, suffix=pick(rng, [e for e in ENDINGS if e != c["text"]]))
-    if t == "json_format":
-        return replace(d, layout="json_broken")
+    if t == "json_format":  # strict: an introduction, or broken JSON; else broken JSON
+        if c.get("only", True):
+            return replace(d, layout=pick(rng, ["json_pre", "json_bad"]))
+        return replace(d, layout=pick(rng, ["json_bad", "json_bad_pre"]))
     raise ValueError(t)
 
 
@@ -149,11 +173,11 @@ def constraint(rng: random.Random, t: str) -> tuple[dict[str, Any], str]:
         return {"type": t, "n": n}, pick(rng, [f"Write exactly {n} paragraphs separated by blank lines.",
                                                f"Split it into {n} paragraphs."])  # fmt: skip
     if t == "forbidden_word":
-        w = pick(rng, FORBIDDEN)
+        w = pick(rng, WORDS)
         return {"type": t, "word": w}, pick(rng, [f"Do not use the word '{w}'.",
                                                   f"Avoid the word \"{w}\" entirely."])  # fmt: skip
     if t == "include_keyword":
-        w = pick(rng, KEYWORDS)
+        w = pick(rng, WORDS)
         return {"type": t, "word": w}, pick(rng, [f"Include the word '{w}'.",
                                                   f"Make sure the word \"{w}\" appears."])  # fmt: skip
     if t == "all_caps":
@@ -169,8 +193,12 @@ def constraint(rng: random.Random, t: str) -> tuple[dict[str, Any], str]:
         e = pick(rng, ENDINGS)
         return {"type": t, "text": e}, pick(rng, [f"End with the exact phrase '{e}'",
                                                   f"Your last words must be \"{e}\""])  # fmt: skip
-    return {"type": "json_format"}, pick(rng, ["Reply with valid JSON only.",
-                                               "Output nothing but a JSON object."])  # fmt: skip
+    if rng.random() < 0.5:
+        return {"type": "json_format"}, pick(rng, ["Reply with valid JSON only.",
+                                                   "Output nothing but a JSON object."])  # fmt: skip
+    return {"type": "json_format", "only": False}, pick(rng, [
+        "Give the content as a JSON object; a short line introducing it is fine.",
+        "Put it in a JSON object (you may say what it is first)."])  # fmt: skip
 
 
 # Pairs of constraints that can both hold (the layouts and the cases do not clash).
@@ -206,6 +234,37 @@ KINDS = {
 }  # fmt: skip
 
 
+CASE_RULES = ("all_caps", "lowercase")
+# How often a task without a case rule is answered in capitals or lowercase (right and wrong
+# alike), and how often only its wrong answers are: a rule on case makes right answers
+# capitals or lowercase more often than wrong ones, and this evens it out.
+P_STYLED = 0.3
+P_WRONG_STYLED = 0.12
+P_DECOR = 0.3  # an opening, an ending or a pool word that no rule asks for, on both sides
+
+
+def _decorate(rng: random.Random, types: set[str], words_used: set[str]) -> Any:
+    """A decoration no constraint asks for (an opening, an ending, a pool word worked in),
+    applied alike to the right draft and the wrong ones, so such text is on both sides."""
+    prefix = pick(rng, OPENINGS) if rng.random() < P_DECOR else ""
+    suffix = pick(rng, ENDINGS) if rng.random() < P_DECOR else ""
+    word = pick(rng, [w for w in WORDS if w not in words_used]) if rng.random() < P_DECOR else ""
+    seed = rng.random()
+
+    def apply(d: Draft) -> Draft:
+        if d.layout.startswith("json"):
+            return d
+        if prefix and "starts_with" not in types:
+            d = replace(d, prefix=prefix)
+        if suffix and "must_end_with" not in types:
+            d = replace(d, suffix=suffix)
+        if word:
+            d = insert(random.Random(seed), d, word)
+        return d
+
+    return apply
+
+
 def family(name: str) -> Family:
     def make(rng: random.Random) -> Case:
         topic = pick(rng, TOPICS)
@@ -216,17 +275,25 @@ def family(name: str) -> Family:
         prompt = f"{pick(rng, TASKS[name]).format(t=topic)} {' '.join(c[1] for c in cons)}"
         pool = [s.format(t=topic, T=topic[0].upper() + topic[1:]) for s in SENTENCES]
         rng.shuffle(pool)
-        base = Draft(tuple(pool[: rng.randint(2, 4)]), topic=topic)
+        case_rule = any(t in CASE_RULES for t in types)
+        style = pick(rng, ["upper", "lower"]) if rng.random() < P_STYLED else "normal"
+        base = Draft(tuple(pool[: rng.randint(2, 4)]), topic=topic,
+                     case="normal" if case_rule else style)  # fmt: skip
+        check = {"kind": "constraints", "constraints": [c for c, _ in cons]}
         good_d = base
         for c, _ in cons:
-            good_d = satisfy(c, good_d, pool)
-        check = {"kind": "constraints", "constraints": [c for c, _ in cons]}
-        bad = []
-        for c, _ in cons:
-            d = violate(rng, c, good_d, pool)
-            bad.append(Resp(render(d), name))
+            good_d = satisfy(rng, c, good_d, pool)
+        decorate = _decorate(rng, set(types), {c["word"] for c, _ in cons if "word" in c})
+        if verify(check, render(decorate(good_d))).correct:
+            good_d, base = decorate(good_d), decorate(base)
+        bad_d = [violate(rng, c, good_d, pool) for c, _ in cons]
         # A variant that follows the task but ignores the constraints altogether.
-        bad.append(Resp(render(base), "plain"))
+        bad_d.append(replace(base, case=good_d.case) if case_rule else base)
+        if not case_rule and style == "normal" and rng.random() < P_WRONG_STYLED:
+            # Wrong for another reason, and in capitals or lowercase (no rule on case here).
+            recase = pick(rng, ["upper", "lower"])
+            bad_d = [replace(d, case=recase) for d in bad_d]
+        bad = [Resp(render(d), name) for d in bad_d[:-1]] + [Resp(render(bad_d[-1]), "plain")]
         good = [Resp(render(good_d), name)]
         # Breaking one constraint may leave the draft valid (the plain draft has no forbidden
         # word): only drafts the verifier rejects are wrong answers.
