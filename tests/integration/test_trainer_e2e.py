@@ -49,6 +49,9 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
         "data.test_fraction=0.25",
         "sampling.num_critiques=3",
         "sampling.max_tokens=12",
+        # Judge scores here; the grounded path is the test below (a random model's greedy
+        # verdicts can all agree, and the grounded filter would then keep no pair).
+        "sampling.grounded=false",
         "refine.method=ranking",
         "refine.k=1",
         "train.epochs=2",
@@ -131,3 +134,35 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
     assert summarized["refine"]["method"] == "summarization"
     refined = [json.loads(x) for x in (tmp_path / "run" / "refined.jsonl").read_text().splitlines()]
     assert refined and all(len(r["chosen_train"]) == len(r["rejected_train"]) == 2 for r in refined)
+
+
+def test_grounded_sampling_on_the_real_engine(tiny_llama: Path, tmp_path: Path) -> None:
+    """Verifier hints, constrained verdicts and service-like plain critiques from real vLLM."""
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path / 'run'}",
+            f"base_model={tiny_llama}",
+            "data.per_category=4",
+            "sampling.num_critiques=2",
+            "sampling.plain_critiques=1",
+            "sampling.max_tokens=16",
+            "engine.max_model_len=1024",
+            "engine.kv_cache_gib=0.25",
+        ],
+    )
+    markers = run_pipeline(cfg, until="filter")
+    pairs = sum(markers["data"]["train"].values())
+    assert markers["sample"]["grounded_pairs"] == pairs
+    assert markers["sample"]["unparseable_dropped"] == 0  # the verdict is constrained
+    records = [
+        json.loads(x) for x in (tmp_path / "run" / "critiques.jsonl").read_text().splitlines()
+    ]
+    for rec in records:
+        # The generator's labels are the verifier's: chosen passes, rejected fails.
+        assert rec["verifier"]["chosen"]["correct"] and not rec["verifier"]["rejected"]["correct"]
+        assert len(rec["chosen_plain"]) == len(rec["rejected_plain"]) == 1
+        for c in rec["chosen"] + rec["rejected"]:
+            assert c["text"].endswith(f"\nOverall judgment: {c['verdict']}")
+    report = markers["filter"]["report"]
+    assert markers["filter"]["pairs"] == pairs and report["label_disagreements"] == {}

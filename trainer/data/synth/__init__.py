@@ -109,14 +109,25 @@ def split(
     pairs: list[PreferencePair], fractions: tuple[float, float, float], seed: int = 0
 ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
     """Train/validation/test by group (`group_key`): all pairs of one code task, of one safety
-    request, of one prompt land in the same split."""
-    groups = sorted({group_key(p) for p in pairs})
-    random.Random(seed).shuffle(groups)
-    n_train = round(fractions[0] * len(groups))
-    n_val = round(fractions[1] * len(groups))
-    where = {k: 0 for k in groups[:n_train]}
-    where |= {k: 1 for k in groups[n_train : n_train + n_val]}
-    where |= {k: 2 for k in groups[n_train + n_val :]}
+    request, of one prompt land in the same split. Cut per category and by pairs, not groups,
+    so each split holds every category in proportion even where groups are large (a code task
+    has several pairs; a reasoning prompt one)."""
+    sizes: dict[str, dict[str, int]] = {}
+    for p in pairs:
+        cat = sizes.setdefault(p.category, {})
+        cat[group_key(p)] = cat.get(group_key(p), 0) + 1
+    rng = random.Random(seed)
+    where: dict[str, int] = {}
+    for category in sorted(sizes):
+        groups = sorted(sizes[category])
+        rng.shuffle(groups)
+        total = sum(sizes[category].values())
+        bounds = (fractions[0] * total, (fractions[0] + fractions[1]) * total)
+        filled = 0
+        for key in groups:
+            # A group goes where the pairs before it end: the cuts fall between groups.
+            where[key] = 0 if filled < bounds[0] else 1 if filled < bounds[1] else 2
+            filled += sizes[category][key]
     out: tuple[list[PreferencePair], ...] = ([], [], [])
     for p in pairs:
         out[where[group_key(p)]].append(p)
