@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -16,17 +17,27 @@ def _logging() -> None:
     )
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _train(args: argparse.Namespace) -> int:
+    from service.engines.processes import reap_descendants
     from trainer.config import ConfigError, load_config
     from trainer.pipeline import StageError, run_pipeline
 
     _logging()
+    # A stopped run must not leave its vLLM engine processes computing on (they are children
+    # of this process, and survive it otherwise): SIGTERM unwinds like Ctrl-C, then they end.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cfg = load_config(Path(args.config) if args.config else None, args.set)
         markers = run_pipeline(cfg, from_stage=args.from_stage, until=args.until)
     except (ConfigError, StageError) as exc:
         print(f"critic-rm train: {exc}", file=sys.stderr)
         return 2
+    finally:
+        reap_descendants()
     summary = {s: {"seconds": round(m["seconds"], 1)} for s, m in markers.items()}
     print(json.dumps({"run": str(cfg.out), "stages": summary}, indent=2))
     return 0

@@ -270,3 +270,31 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     assert "| critic | 4 | 1 | 0.000 [0.00, 0.79] | 0.000 (1) |" in md and "| bt | 0 |" in md
     plot([critic, bt], ["critic", "bt"], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stopped_train_run_leaves_no_engine_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM mid-stage: the run unwinds and its child processes (vLLM engines) are ended."""
+    import argparse
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from trainer import cli, pipeline
+
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stage_that_starts_an_engine(*_a: Any, **_k: Any) -> Any:
+        children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", stage_that_starts_an_engine)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli._train(argparse.Namespace(config=None, set=[], from_stage=None, until=None))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert children and children[0].wait(timeout=10) is not None
