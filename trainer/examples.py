@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 from service.core.formatting import PromptFormatter
@@ -76,6 +77,7 @@ def build_examples(
         if not with_critiques:
             examples.append(PairExample(category, score("chosen", None), score("rejected", None)))
             continue
+        # The `train` reward input needs a critique on both sides (the paper's instance filter).
         train_pairs = list(zip(rec["chosen_train"], rec["rejected_train"], strict=False))
         reward: list[tuple[list[int], list[int]]] = []
         for source in reward_inputs:
@@ -88,12 +90,13 @@ def build_examples(
                 else list(zip(rec["chosen_plain"], rec["rejected_plain"], strict=False))
             )
             reward += [(score("chosen", zc), score("rejected", zr)) for zc, zr in texts]
+        # Each side's grounded critiques are targets on their own: a side may have none.
         lm = [
             (
-                _lm(fmt, enc["chosen"].critique_prompt, zc, max_len),
-                _lm(fmt, enc["rejected"].critique_prompt, zr, max_len),
+                _lm(fmt, enc["chosen"].critique_prompt, zc, max_len) if zc is not None else None,
+                _lm(fmt, enc["rejected"].critique_prompt, zr, max_len) if zr is not None else None,
             )
-            for zc, zr in train_pairs
+            for zc, zr in zip_longest(rec["chosen_train"], rec["rejected_train"])
         ]
         for j in range(max(len(reward), len(lm))):
             r = reward[j] if j < len(reward) else (None, None)

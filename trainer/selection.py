@@ -82,10 +82,13 @@ def filter_pairs(
 def filter_grounded(
     records: Sequence[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], FilterReport, dict[str, float]]:
-    """The grounded instance filter: a critique is kept only when its verdict agrees with the
-    verifier's on the same response, and a pair only when both responses keep one. Records
-    without a verifier are judged by `keep_pair` on their judge scores instead. Also returns,
-    per category, the fraction of critiques whose verdict agreed with the verifier."""
+    """The grounded filter: a critique is kept only when its verdict agrees with the verifier's
+    on the same response. A grounded pair stays for the reward head even when a side keeps no
+    critique (its plain and service-sampled reward inputs do not depend on critique quality);
+    `kept` counts the pairs with a grounded critique on both sides, the paper's instance
+    filter, which the `train` reward input applies. Records without a verifier are judged by
+    `keep_pair` on their judge scores and dropped when it fails. Also returns, per category,
+    the fraction of critiques whose verdict agreed with the verifier."""
     kept: list[dict[str, Any]] = []
     n_kept: dict[str, int] = defaultdict(int)
     n_total: dict[str, int] = defaultdict(int)
@@ -111,8 +114,8 @@ def filter_grounded(
             out[side] = [c for c in rec[side] if c.get("verdict") == want]
             agree[cat][0] += len(out[side])
             agree[cat][1] += len(rec[side])
+        kept.append(out)
         if out["chosen"] and out["rejected"]:
-            kept.append(out)
             n_kept[cat] += 1
     rates = {c: a / n for c, (a, n) in sorted(agree.items()) if n}
     return kept, FilterReport(dict(n_kept), dict(n_total), dict(disagree)), rates

@@ -136,7 +136,9 @@ def test_grounded_filter_keeps_only_critiques_that_agree_with_the_verifier() -> 
     kept, report, agreement = filter_grounded(
         [agree, one_side_wrong, judged, judged_tie, mislabelled]
     )
-    assert [k["pair"]["category"] for k in kept] == ["code", "chat"]
+    # The pair whose rejected side kept no critique stays for the reward head.
+    assert [k["pair"]["category"] for k in kept] == ["code", "code", "chat"]
+    assert kept[1]["chosen"] == [{"text": "z0", "verdict": "Correct"}] and kept[1]["rejected"] == []
     assert kept[0]["chosen"] == [{"text": "z1", "verdict": "Correct"}]
     assert [c["text"] for c in kept[0]["rejected"]] == ["w0", "w1"]
     assert report.kept == {"code": 1, "chat": 1} and report.total == {"code": 3, "chat": 2}

@@ -267,3 +267,22 @@ def test_reward_only_examples_train_the_head_while_lambda_is_one(
     result = train(_policy(tiny_llama, True), examples, cfg, seed=0, pad_id=2, progress=False)
     assert all(r["loss_r"] is not None for r in result.log)
     assert any(r["loss_c"] is not None for r in result.log)
+
+
+def test_a_side_without_grounded_critiques_still_gives_reward_pairs_and_its_own_targets(
+    fmt: PromptFormatter,
+) -> None:
+    rec = dict(
+        _records()[0],
+        chosen_train=["Right. Overall judgment: Correct", "Fine."],
+        rejected_train=[],
+        chosen_plain=["p"],
+        rejected_plain=["q"],
+    )
+    kw: dict[str, Any] = {"with_critiques": True, "max_critique_tokens": 32, "max_len": 512}
+    examples = build_examples(fmt, [rec], reward_inputs=["plain", "sampled"], **kw)
+    assert [e.chosen_score is not None for e in examples] == [True, True]
+    assert all(e.chosen_lm is not None and e.rejected_lm is None for e in examples)
+    # The paper's input needs a critique on both sides: none here.
+    only_train = build_examples(fmt, [rec], reward_inputs=["train"], **kw)
+    assert all(e.chosen_score is None for e in only_train) and len(only_train) == 2
