@@ -64,7 +64,8 @@ import httpx
 from service.cache.store import cache_key
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.checkpoint.variant import publish_head_variant
-from service.core.formatting import normalize_prompt
+from service.contract.formatting import normalize_prompt
+from service.contract.options import ScoreOptions
 
 T = TypeVar("T")
 
@@ -258,11 +259,7 @@ def item_key(version: str, digest: str, item: dict[str, Any], m: int, tokens: in
         templates_digest=digest,
         messages=normalize_prompt(item["prompt"]),
         response=item["response"],
-        num_critiques=m,
-        temperature=TEMPERATURE,
-        top_p=TOP_P,
-        max_critique_tokens=tokens,
-        truncate_prompt=False,
+        options=ScoreOptions(m, TEMPERATURE, TOP_P, tokens, truncate_prompt=False),
     )
 
 

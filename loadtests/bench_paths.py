@@ -47,7 +47,7 @@ def reference_check(
     from service.settings import Settings
 
     version = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
-    fmt = load_formatter(version, Settings(checkpoint_root=checkpoint_root))
+    fmt = load_formatter(version, Settings(checkpoint_root=checkpoint_root).engine_config())
     ref = TorchRewardScorer.load(version.scorer_path, "float32")
     out: dict[str, dict[str, float]] = {}
     for run, results in runs:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -15,11 +14,12 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimit, RequestMetrics
 from service.api.routes import router
 from service.cache.store import MemoryCache, RedisCache, ResultCache
-from service.core.errors import ShuttingDown
-from service.core.reload import ReloadWatcher
-from service.core.service import RewardService, RuntimeLoader
-from service.engines.factory import load_runtime
+from service.model.manager import ModelManager, RuntimeLoader
+from service.model.runtime import load_runtime
+from service.model.watcher import ReloadWatcher
 from service.observability.metrics import Metrics
+from service.scoring.core import RewardService
+from service.scoring.runner import BatchRunner
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,6 @@ def make_cache(settings: Settings, metrics: Metrics) -> ResultCache:
     return MemoryCache(settings.cache_max_entries)
 
 
-async def start_serving(service: RewardService) -> None:
-    """Load and warm the first version; /ready turns 200 when this is done."""
-    t0 = time.perf_counter()
-    try:
-        await service.reload(service.settings.model_version)
-        log.info("ready after %.1fs", time.perf_counter() - t0)
-    except ShuttingDown:
-        log.info("shutdown during start-up: the first load was abandoned")
-    except Exception as exc:
-        service.state = "failed"
-        service.error = f"model load failed: {type(exc).__name__}: {exc}"
-        log.exception("model load failed")
-
-
 def create_app(settings: Settings | None = None, loader: RuntimeLoader | None = None) -> FastAPI:
     """Build the gateway. `loader` replaces the real engine loader (tests of gateway logic)."""
     settings = settings or Settings()
@@ -57,15 +43,19 @@ def create_app(settings: Settings | None = None, loader: RuntimeLoader | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("settings: %s", settings.masked())
         app.state.keys.state()  # logs whether auth is open, keyed or denying everything
-        service = RewardService(settings, metrics, make_cache(settings, metrics), load)
+        runner = BatchRunner(metrics)
+        model = ModelManager(settings, metrics, load, runner.run_encoded)
+        await model.start()
+        service = RewardService(settings, metrics, make_cache(settings, metrics), model, runner)
+        app.state.model = model
         app.state.service = service
-        watcher = ReloadWatcher(service)
+        watcher = ReloadWatcher(model)
         app.state.watcher = watcher
         app.state.loop = asyncio.get_running_loop()
-        service.on_fatal = getattr(app.state, "on_fatal", None)
+        model.health.on_fatal = getattr(app.state, "on_fatal", None)
         service.start()
-        monitor = asyncio.create_task(service.monitor(), name="engine-monitor")
-        loading = asyncio.create_task(start_serving(service), name="model-load")
+        monitor = asyncio.create_task(model.health.monitor(), name="engine-monitor")
+        loading = asyncio.create_task(model.serve_first(), name="model-load")
         app.state.loading = loading
         watcher.start()
         try:
@@ -73,7 +63,7 @@ def create_app(settings: Settings | None = None, loader: RuntimeLoader | None = 
         finally:
             monitor.cancel()
             await watcher.stop()
-            service.state = "loading" if service.state == "ready" else service.state
+            model.health.stopped()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading

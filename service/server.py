@@ -15,8 +15,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.core.service import RuntimeLoader
 from service.engines.processes import reap_descendants
+from service.model.health import ModelState
+from service.model.manager import RuntimeLoader
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,6 @@ def serve(settings: Settings, loader: RuntimeLoader | None = None) -> int:
     finally:
         # An engine that was still starting (or one a failed shutdown left) dies with us.
         reap_descendants()
-    service = getattr(app.state, "service", None)
+    model = getattr(app.state, "model", None)
     # Non-zero when the model never loaded or the engines died: the orchestrator restarts us.
-    return 1 if service is not None and service.state == "failed" else 0
+    return 1 if model is not None and model.health.state is ModelState.FAILED else 0

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.contract.options import OptionLimits
+from service.engines.config import EngineConfig, all_cpus
 
-def _all_cpus() -> str:
-    """The cores this process may use, as vLLM's VLLM_CPU_OMP_THREADS_BIND list (e.g. "0-1")."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = list(range(os.cpu_count() or 1))
-    return ",".join(str(c) for c in cpus)
+# The engines' own defaults are the settings' defaults.
+_E = EngineConfig
 
 
 class Settings(BaseSettings):
@@ -42,34 +39,46 @@ class Settings(BaseSettings):
     # --- engines
     generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
     scorer_backend: Literal["vllm", "torch"] = Field(
-        "vllm", description="Reward scorer engine: vLLM pooling, or the torch reference scorer."
+        _E.scorer_backend,
+        description="Reward scorer engine: vLLM pooling, or the torch reference scorer.",
     )
     generator_dtype: str = Field(
-        "auto",
+        _E.generator_dtype,
         description="Generator dtype; auto: bfloat16 on GPUs and on CPUs with native bf16 "
         "(AVX512-BF16/AMX), float32 on other CPUs, where bf16 is emulated and 3x slower.",
     )
     scorer_dtype: str = Field(
-        "float32",
+        _E.scorer_dtype,
         description="Scorer dtype; float32 keeps rewards equal to the trainer's reference scorer.",
     )
     max_model_len: int = Field(
-        2048, ge=64, description="Context length for both engines (prompt + response + critique)."
+        _E.max_model_len,
+        ge=64,
+        description="Context length for both engines (prompt + response + critique).",
     )
     kv_cache_gib: float = Field(
-        2.0, gt=0, description="KV cache size per engine on CPU (GiB); ignored on GPU."
+        _E.kv_cache_gib, gt=0, description="KV cache size per engine on CPU (GiB); ignored on GPU."
     )
     gpu_memory_utilization: float = Field(
-        0.4, gt=0, le=0.95, description="GPU memory fraction per engine (two engines share a GPU)."
+        _E.gpu_memory_utilization,
+        gt=0,
+        le=0.95,
+        description="GPU memory fraction per engine (two engines share a GPU).",
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel degree on GPU nodes.")
-    enforce_eager: bool = Field(False, description="Disable CUDA graphs / torch.compile.")
+    tensor_parallel_size: int = Field(
+        _E.tensor_parallel_size, ge=1, description="Tensor-parallel degree on GPU nodes."
+    )
+    enforce_eager: bool = Field(
+        _E.enforce_eager, description="Disable CUDA graphs / torch.compile."
+    )
     cpu_threads_bind: str = Field(
-        default_factory=_all_cpus,
+        default_factory=all_cpus,
         description="Cores the CPU engines bind to (VLLM_CPU_OMP_THREADS_BIND); vLLM's own "
         "default binds one core only.",
     )
-    max_num_seqs: int = Field(256, ge=1, description="Max sequences an engine runs at once.")
+    max_num_seqs: int = Field(
+        _E.max_num_seqs, ge=1, description="Max sequences an engine runs at once."
+    )
 
     # --- request limits
     max_items_per_request: int = Field(512, ge=1, description="Items allowed in one /score call.")
@@ -143,6 +152,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    def engine_config(self) -> EngineConfig:
+        """What the engines are started with (the engine fields of these settings)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
+        return EngineConfig(**fields)
+
+    def option_limits(self) -> OptionLimits:
+        """The largest request options accepted."""
+        return OptionLimits(
+            max_num_critiques=self.max_num_critiques,
+            max_temperature=self.max_temperature,
+            max_critique_tokens=self.max_critique_tokens,
+        )
 
     def masked(self) -> dict[str, Any]:
         """The resolved settings for the start-up log, with secrets masked."""

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.engines.base import Critique, EngineStats, SamplingSpec
-from service.engines.factory import ModelRuntime, load_formatter
+from service.engines.factory import load_formatter
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
 
 
@@ -79,7 +80,9 @@ class FakeScorer:
 def fake_runtime(version: CheckpointVersion, settings: Settings, tag: bool = False) -> ModelRuntime:
     """`tag`: critiques name the model version, so a test can tell which version made them."""
     gen = FakeGenerator(tag=f" by {version.manifest.model_version}" if tag else "")
-    return ModelRuntime(version, load_formatter(version, settings), gen, FakeScorer())
+    return ModelRuntime(
+        version, load_formatter(version, settings.engine_config()), gen, FakeScorer()
+    )
 
 
 def loader_for(root: Path) -> Callable[[Settings, str | None], Awaitable[ModelRuntime]]:

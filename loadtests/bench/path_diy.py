@@ -24,7 +24,7 @@ from loadtests.bench.measure import Meter, PathRun
 from loadtests.bench.procs import counters, delta, free_port, server_process
 from loadtests.bench.workload import Pair, Workload
 from service.checkpoint.store import CheckpointRoot
-from service.core.formatting import PromptFormatter
+from service.contract.formatting import PromptFormatter
 from service.engines.dtype import generator_dtype
 from service.engines.factory import load_formatter
 from service.engines.vllm_engines import configure_cpu_env
@@ -101,12 +101,14 @@ def run(
     concurrency: int,
 ) -> list[tuple[PathRun, list[dict[str, Any]]]]:
     s = Settings(checkpoint_root=checkpoint_root)
-    configure_cpu_env(s)  # the same core binding and compile settings as critic-rm's engines
+    engines = s.engine_config()
+    # The same core binding and compile settings as critic-rm's engines.
+    configure_cpu_env(engines)
     version = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
-    fmt = load_formatter(version, s)
+    fmt = load_formatter(version, engines)
     gen_port, rm_port = free_port(), free_port()
     gen_url, rm_url = f"http://127.0.0.1:{gen_port}", f"http://127.0.0.1:{rm_port}"
-    gen_cmd = _serve_cmd(version.generator_path, "gen", gen_port, generator_dtype(s), s)
+    gen_cmd = _serve_cmd(version.generator_path, "gen", gen_port, generator_dtype(engines), s)
     rm_cmd = [
         *_serve_cmd(version.scorer_path, "rm", rm_port, s.scorer_dtype, s),
         "--runner",

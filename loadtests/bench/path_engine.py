@@ -12,7 +12,7 @@ from typing import Any
 from loadtests.bench.measure import Meter, PathRun
 from loadtests.bench.workload import Workload
 from service.engines.base import EngineStats, SamplingSpec
-from service.engines.factory import ModelRuntime, load_runtime
+from service.model.runtime import ModelRuntime, load_runtime
 from service.settings import Settings
 
 

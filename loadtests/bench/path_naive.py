@@ -36,7 +36,7 @@ def run(
 
     s = Settings(checkpoint_root=checkpoint_root)
     version = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
-    fmt = load_formatter(version, s)
+    fmt = load_formatter(version, s.engine_config())
     tok = fmt.tokenizer
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
     torch_dtype = getattr(torch, dtype)

@@ -110,7 +110,9 @@ class KeySource:
         return state
 
 
-def _bearer(request: Request, what: str) -> str:
+def bearer_token(request: Request, what: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header (401 without one); `what` names
+    the key the route wants, for the message."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError(401, f"missing bearer token (Authorization: Bearer <{what}>)")
@@ -137,7 +139,7 @@ async def require_api_key(request: Request) -> None:
         return
     if state.mode == "unavailable":
         raise AuthError(503, f"no API key can be checked: {state.reason}")
-    if not _matches(_bearer(request, "api key"), state.keys):
+    if not _matches(bearer_token(request, "api key"), state.keys):
         raise AuthError(403, "invalid API key")
 
 
@@ -151,5 +153,5 @@ async def require_admin_key(request: Request) -> None:
         return
     if not admin.strip():
         raise AuthError(503, "the admin key is empty; denying every admin request")
-    if not _matches(_bearer(request, "admin key"), (admin,)):
+    if not _matches(bearer_token(request, "admin key"), (admin,)):
         raise AuthError(403, "not an admin key")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -12,18 +13,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import (
-    DeadlineExceeded,
-    EngineFailure,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
-    ReloadFailed,
-    ShuttingDown,
-    public_message,
-)
+from service.contract.options import OptionError
+from service.model.errors import NotReady, ReloadFailed, ShuttingDown
+from service.scoring.errors import DeadlineExceeded, EngineFailure, InvalidRequest, Overloaded
 
 log = logging.getLogger(__name__)
+
+_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)*[\w.@+~-]+")
+
+
+def public_message(text: str) -> str:
+    """An error text fit for a public answer: absolute server paths become `<path>` (the
+    full text goes to the log)."""
+    return _ABS_PATH.sub("<path>", text)
 
 
 class AuthError(Exception):
@@ -93,6 +95,10 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{exc.field}: {exc.message}",
             exc.field,
         )
+
+    @app.exception_handler(OptionError)
+    async def _option(_req: Request, exc: OptionError) -> JSONResponse:
+        return error_response(422, "invalid_request", f"{exc.field}: {exc.message}", exc.field)
 
     @app.exception_handler(NotReady)
     async def _not_ready(_req: Request, exc: NotReady) -> JSONResponse:

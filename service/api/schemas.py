@@ -1,5 +1,6 @@
 """HTTP request and response models. Unknown fields are refused; limits that depend on settings
-(item count, m, tokens, temperature) are checked by the service and reported the same way."""
+(item count, m, tokens, temperature) are checked by the service and reported the same way; a
+request's options become one ScoreOptions in SamplingFields.options."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.checkpoint.manifest import SamplingDefaults
+from service.contract.options import OptionLimits, ScoreOptions
+
 
 class ChatMessage(BaseModel):
     """One chat turn of a prompt."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # The roles of core.formatting.ROLES: any other would be rendered verbatim into the chat
+    # The roles of contract.formatting.ROLES: any other would be rendered verbatim into the chat
     # template, a prompt-injection path into the critique and the reward.
     role: Literal["system", "user", "assistant"]
     content: str
@@ -78,6 +82,25 @@ class SamplingFields(BaseModel):
     )
     use_cache: bool = Field(True, description="Serve and store results in the result cache.")
 
+    def options(self, defaults: SamplingDefaults, limits: OptionLimits) -> ScoreOptions:
+        """This request's options, unset ones from the checkpoint, checked against the limits."""
+        num_critiques, field = self._num_critiques(defaults)
+        return ScoreOptions.resolve(
+            defaults,
+            limits,
+            num_critiques=num_critiques,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_critique_tokens=self.max_critique_tokens,
+            truncate_prompt=self.truncate_prompt,
+            use_cache=self.use_cache,
+            num_critiques_field=field,
+        )
+
+    def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
+        """The m this request asks for (None: the checkpoint's), and the field it names it by."""
+        return None, "num_critiques"
+
 
 class ScoreRequest(SamplingFields):
     """POST /score."""
@@ -88,6 +111,9 @@ class ScoreRequest(SamplingFields):
     )
     return_critiques: bool = Field(False, description="Include the critique texts.")
 
+    def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
+        return self.num_critiques, "num_critiques"
+
 
 class CritiqueRequest(SamplingFields):
     """POST /critique."""
@@ -97,6 +123,10 @@ class CritiqueRequest(SamplingFields):
     n: int | None = Field(None, ge=1, description="How many critiques to sample.")
 
     _prompt = field_validator("prompt")(_check_prompt)
+
+    def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
+        # A critique endpoint always samples one at least, whatever the checkpoint's default m.
+        return (self.n if self.n is not None else max(defaults.num_critiques, 1)), "n"
 
     @field_validator("response")
     @classmethod

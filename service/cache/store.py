@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from service.contract.options import ScoreOptions
 from service.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -23,24 +24,12 @@ def cache_key(
     templates_digest: str,
     messages: Sequence[dict[str, str]],
     response: str,
-    num_critiques: int,
-    temperature: float,
-    top_p: float,
-    max_critique_tokens: int,
-    truncate_prompt: bool,
+    options: ScoreOptions,
 ) -> str:
     """Everything that changes a result goes into the key; the model version comes first so one
     version's results are never served for another."""
     payload = json.dumps(
-        {
-            "t": templates_digest,
-            "x": list(messages),
-            "y": response,
-            "m": num_critiques,
-            # Sampling parameters do not matter when no critique is sampled.
-            "s": [temperature, top_p, max_critique_tokens] if num_critiques else None,
-            "tr": truncate_prompt,
-        },
+        {"t": templates_digest, "x": list(messages), "y": response, **options.cache_fields()},
         sort_keys=True,
         ensure_ascii=False,
     ).encode()

@@ -1,10 +1,12 @@
-"""The two engine interfaces the pipeline talks to; implementations live beside this file."""
+"""The two engine interfaces the batch runner talks to; implementations live beside this file."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from service.contract.options import ScoreOptions
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,11 @@ class SamplingSpec:
     top_p: float
     max_tokens: int
     regex: str | None = None  # constrain the output to this regex (the trainer's judge scores)
+
+    @classmethod
+    def for_options(cls, opts: ScoreOptions) -> SamplingSpec:
+        """How a scoring request's critiques are sampled."""
+        return cls(opts.num_critiques, opts.temperature, opts.top_p, opts.max_critique_tokens)
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from service.settings import Settings
+from service.engines.config import EngineConfig
 
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @functools.lru_cache(maxsize=4)
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The feature flags of the first CPU listed (empty when unknown); read once per file,
-    since /info asks on every call."""
+    """The feature flags of the first CPU listed (empty when unknown); read once per file."""
     try:
         text = cpuinfo.read_text()
     except OSError:
@@ -40,10 +39,14 @@ def resolve_generator_dtype(requested: str, on_cpu: bool, flags: frozenset[str])
     return "float32"
 
 
-def generator_dtype(settings: Settings) -> str:
-    """The generator's dtype for this machine, with `auto` resolved."""
+@functools.cache
+def cuda_available() -> bool:
+    """Whether a CUDA device is there; asked once per process (it imports torch)."""
     import torch
 
-    return resolve_generator_dtype(
-        settings.generator_dtype, not torch.cuda.is_available(), cpu_flags()
-    )
+    return bool(torch.cuda.is_available())
+
+
+def generator_dtype(config: EngineConfig) -> str:
+    """The generator's dtype for this machine, with `auto` resolved."""
+    return resolve_generator_dtype(config.generator_dtype, not cuda_available(), cpu_flags())

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.engines.base import Critique, EngineStats, SamplingSpec
+from service.engines.config import EngineConfig
 from service.engines.dtype import generator_dtype
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,10 +23,10 @@ T = TypeVar("T")
 GiB = 1 << 30
 
 
-def configure_cpu_env(settings: Settings) -> None:
+def configure_cpu_env(config: EngineConfig) -> None:
     """vLLM-CPU reads these at engine start: bind OpenMP to every allowed core (its default binds
     one core and reserves the rest, halving throughput on small machines)."""
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", settings.cpu_threads_bind)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", config.cpu_threads_bind)
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     # With torch >= 2.12 vLLM 0.32 saves its compiled model as a "mega AOT artifact" that it then
     # fails to load on CPU ("'function' object has no attribute 'finalize_loading'"), so every
@@ -40,25 +40,25 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
-def engine_args(model: Path, settings: Settings, *, pooling: bool) -> Any:
+def engine_args(model: Path, config: EngineConfig, *, pooling: bool) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     kwargs: dict[str, Any] = {
         "model": str(model),
-        "dtype": settings.scorer_dtype if pooling else generator_dtype(settings),
-        "max_model_len": settings.max_model_len,
+        "dtype": config.scorer_dtype if pooling else generator_dtype(config),
+        "max_model_len": config.max_model_len,
         "enable_prefix_caching": True,
-        "tensor_parallel_size": settings.tensor_parallel_size,
-        "enforce_eager": settings.enforce_eager,
-        "max_num_seqs": settings.max_num_seqs,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "enforce_eager": config.enforce_eager,
+        "max_num_seqs": config.max_num_seqs,
         "seed": 0,
     }
     if pooling:
         kwargs["runner"] = "pooling"
     if _on_cpu():
-        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GiB)
+        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GiB)
     else:
-        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs)
 
 
@@ -90,10 +90,10 @@ class VllmCritiqueGenerator:
         self.engine = engine
 
     @classmethod
-    def load(cls, model: Path, settings: Settings) -> VllmCritiqueGenerator:
+    def load(cls, model: Path, config: EngineConfig) -> VllmCritiqueGenerator:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return cls(AsyncLLM.from_engine_args(engine_args(model, settings, pooling=False)))
+        return cls(AsyncLLM.from_engine_args(engine_args(model, config, pooling=False)))
 
     async def generate(
         self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
@@ -149,10 +149,10 @@ class VllmRewardScorer:
         self.engine = engine
 
     @classmethod
-    def load(cls, model: Path, settings: Settings) -> VllmRewardScorer:
+    def load(cls, model: Path, config: EngineConfig) -> VllmRewardScorer:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return cls(AsyncLLM.from_engine_args(engine_args(model, settings, pooling=True)))
+        return cls(AsyncLLM.from_engine_args(engine_args(model, config, pooling=True)))
 
     async def score(self, sequences: Sequence[list[int]]) -> tuple[list[float], EngineStats]:
         from vllm import PoolingParams

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from service.checkpoint.store import CheckpointRoot
 from service.engines.base import Critique, EngineStats, SamplingSpec
-from service.engines.factory import ModelRuntime
+from service.model.runtime import ModelRuntime
 from service.server import serve
 from service.settings import Settings
 from tests.fakes import FakeGenerator, fake_runtime

@@ -29,7 +29,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def wait_loaded(c: TestClient) -> None:
     for _ in range(200):
-        if c.app.state.service.state == "ready":  # type: ignore[attr-defined]
+        if c.app.state.model.health.state == "ready":  # type: ignore[attr-defined]
             return
         threading.Event().wait(0.05)
     raise AssertionError("fake model did not load")

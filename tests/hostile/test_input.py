@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.core.formatting import ROLES, PromptFormatter
+from service.contract.formatting import ROLES, PromptFormatter
 from service.settings import Settings
 from tests.fakes import loader_for, wait_ready
 from tests.unit.test_lifecycle import serve

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.checkpoint.bootstrap import bootstrap
 from service.checkpoint.store import CheckpointRoot
-from service.engines.factory import ModelRuntime
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
 from tests.fakes import fake_runtime, wait_ready
 

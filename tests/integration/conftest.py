@@ -20,9 +20,9 @@ import pytest
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.checkpoint.variant import publish_head_variant
-from service.core.formatting import PromptFormatter
+from service.contract.formatting import PromptFormatter
+from service.engines.config import EngineConfig
 from service.engines.factory import load_formatter
-from service.settings import Settings
 
 MAX_MODEL_LEN = 1024
 START_TIMEOUT_S = float(os.environ.get("CRM_TEST_START_TIMEOUT_S", "900"))
@@ -132,19 +132,63 @@ def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[L
             proc.kill()
 
 
+class SharedServer:
+    """The session's one gateway, started on first use. A test may change what it serves (it
+    puts it back) or stop it (test_engine_lifecycle.py does); the next test that asks for it
+    gets a fresh one on the default version, so no test depends on the order they run in."""
+
+    def __init__(self, root: CheckpointRoot, redis_url: str, logs: Path) -> None:
+        self.root = root
+        self.redis_url = redis_url
+        self.logs = logs
+        default = root.current_version()
+        assert default is not None, f"{root.root} has no current version"
+        self.default = default
+        self.starts = 0
+        self._server: LiveServer | None = None
+        self._running: contextlib.ExitStack | None = None
+
+    def get(self) -> LiveServer:
+        if self._server is not None and self._server.process.poll() is None:
+            return self._server
+        self.close()
+        import redis
+
+        redis.Redis.from_url(self.redis_url).flushdb()
+        # A stopped server may have left the root pointing elsewhere: serve the default again.
+        self.root.set_current(self.default)
+        self.starts += 1
+        stack = contextlib.ExitStack()
+        log = self.logs / f"server-{self.starts}.log"
+        self._server = stack.enter_context(
+            run_server(self.root.root, log, CRM_REDIS_URL=self.redis_url)
+        )
+        self._running = stack
+        return self._server
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.close()
+        self._server = self._running = None
+
+
 @pytest.fixture(scope="session")
-def live_server(
+def shared_server(
     serving_root: CheckpointRoot, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    import redis
+) -> Iterator[SharedServer]:
+    shared = SharedServer(serving_root, redis_url, tmp_path_factory.mktemp("server"))
+    try:
+        yield shared
+    finally:
+        shared.close()
 
-    redis.Redis.from_url(redis_url).flushdb()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with run_server(serving_root.root, log, CRM_REDIS_URL=redis_url) as server:
-        yield server
+
+@pytest.fixture
+def live_server(shared_server: SharedServer) -> LiveServer:
+    return shared_server.get()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def http(live_server: LiveServer) -> Iterator[httpx.Client]:
     with live_server.client() as c:
         yield c
@@ -157,4 +201,4 @@ def served_version(serving_root: CheckpointRoot) -> CheckpointVersion:
 
 @pytest.fixture(scope="session")
 def formatter(served_version: CheckpointVersion) -> PromptFormatter:
-    return load_formatter(served_version, Settings(max_model_len=MAX_MODEL_LEN))
+    return load_formatter(served_version, EngineConfig(max_model_len=MAX_MODEL_LEN))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from service.checkpoint.store import CheckpointVersion
-from service.core.formatting import PromptFormatter
+from service.contract.formatting import PromptFormatter
 from service.engines.torch_scorer import TorchRewardScorer
 from tests.integration.conftest import MAX_MODEL_LEN, LiveServer
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from service.core.aggregate import mean_and_std
+from service.scoring.aggregate import mean_and_std
 
 
 def test_mean_and_population_std() -> None:

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from service.core.batcher import BatchInfo, MicroBatcher
-from service.core.errors import ShuttingDown
+from service.model.errors import ShuttingDown
+from service.scoring.batcher import BatchInfo, MicroBatcher
 
 
 class Recorder:

@@ -4,7 +4,9 @@ from typing import Any
 
 import pytest
 
-from service.cache.store import MemoryCache, RedisCache, cache_key
+from service.cache.store import MemoryCache, RedisCache
+from service.cache.store import cache_key as store_cache_key
+from service.contract.options import ScoreOptions
 from service.observability.metrics import Metrics
 
 BASE: dict[str, Any] = dict(
@@ -18,6 +20,29 @@ BASE: dict[str, Any] = dict(
     max_critique_tokens=64,
     truncate_prompt=False,
 )
+
+
+def cache_key(
+    *,
+    num_critiques: int,
+    temperature: float,
+    top_p: float,
+    max_critique_tokens: int,
+    truncate_prompt: bool,
+    **rest: Any,
+) -> str:
+    """The key of these fields, the options given as the ScoreOptions the service builds."""
+    options = ScoreOptions(
+        num_critiques, temperature, top_p, max_critique_tokens, truncate_prompt=truncate_prompt
+    )
+    return store_cache_key(options=options, **rest)
+
+
+def test_use_cache_is_not_part_of_the_key() -> None:
+    kept = ScoreOptions(4, 0.8, 0.95, 64, use_cache=True)
+    rest = {k: BASE[k] for k in ("model_version", "templates_digest", "messages", "response")}
+    off = ScoreOptions(4, 0.8, 0.95, 64, use_cache=False)
+    assert store_cache_key(options=kept, **rest) == store_cache_key(options=off, **rest)
 
 
 @pytest.mark.parametrize(

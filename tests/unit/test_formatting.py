@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from service.checkpoint.store import CheckpointVersion
-from service.core.formatting import InputTooLongError, PromptFormatter, conversation_text
+from service.contract.formatting import InputTooLongError, PromptFormatter, conversation_text
+from service.engines.config import EngineConfig
 from service.engines.factory import load_formatter
-from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def fmt(default_version: CheckpointVersion) -> PromptFormatter:
-    return load_formatter(default_version, Settings(max_model_len=256))
+    return load_formatter(default_version, EngineConfig(max_model_len=256))
 
 
 def test_scorer_input_ends_with_the_reward_token_and_shares_the_item_prefix(
@@ -129,7 +129,7 @@ def test_text_outside_the_template_stays_plain(fmt: PromptFormatter) -> None:
 
 
 def test_templates_that_do_not_wrap_turns_have_no_markers() -> None:
-    from service.core.formatting import find_chat_markers
+    from service.contract.formatting import find_chat_markers
 
     def plain(messages: list[dict[str, str]], gen: bool) -> str:
         return " ".join(m["content"] for m in messages)

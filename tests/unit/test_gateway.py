@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.engines.factory import ModelRuntime
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
 from tests.fakes import FakeGenerator, FakeScorer, loader_for, wait_ready
 

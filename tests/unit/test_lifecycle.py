@@ -86,8 +86,8 @@ def test_dead_engine_fails_readiness_and_asks_to_exit(checkpoint_root: Path) -> 
         app.state.service.runtime.generator.dead = True
         thread.join(timeout=10)
         assert not thread.is_alive(), "the process should exit for the orchestrator"
-        assert app.state.service.state == "failed"
-        assert "health check" in (app.state.service.error or "")
+        assert app.state.model.health.state == "failed"
+        assert "health check" in (app.state.model.health.error or "")
 
 
 def test_after_an_engine_error_health_runs_a_real_forward(checkpoint_root: Path) -> None:
@@ -95,11 +95,11 @@ def test_after_an_engine_error_health_runs_a_real_forward(checkpoint_root: Path)
         gen = app.state.service.runtime.generator
         gen.fail_next = 1
         assert httpx.post(f"{url}/score", json=ITEM).status_code == 503
-        assert app.state.service.engine_suspect
+        assert app.state.model.health.suspect
         calls = len(gen.calls)
         assert httpx.get(f"{url}/health").status_code == 200
         assert len(gen.calls) == calls + 1, "/health did not run a forward"
-        assert not app.state.service.engine_suspect
+        assert not app.state.model.health.suspect
         gen.fail_next = 1
         assert httpx.post(f"{url}/score", json=ITEM).status_code == 503
         gen.dead = True

@@ -17,7 +17,7 @@ from service.app import create_app
 from service.checkpoint.bootstrap import bootstrap
 from service.checkpoint.manifest import REWARD_HEAD_FILE
 from service.checkpoint.store import CheckpointRoot
-from service.engines.factory import ModelRuntime
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
 from tests.fakes import FakeGenerator, fake_runtime, running
 
@@ -184,4 +184,4 @@ async def test_two_replicas_converge_through_redis(
         assert (await cb.post("/score", json={"items": [{"prompt": "q", "response": "a"}]})).json()[
             "model_version"
         ] == v2
-        assert b.state.service.follow_current is False
+        assert b.state.model.follow_current is False

@@ -1,8 +1,7 @@
-"""Domain errors the API turns into HTTP responses."""
+"""Errors of a scoring request that the API turns into HTTP responses (the model's lifecycle
+errors are in service.model.errors)."""
 
 from __future__ import annotations
-
-import re
 
 
 class InvalidRequest(Exception):
@@ -13,10 +12,6 @@ class InvalidRequest(Exception):
         self.field = field
         self.message = message
         self.status = status
-
-
-class NotReady(Exception):
-    """No model is loaded yet (or loading failed)."""
 
 
 class EngineFailure(Exception):
@@ -33,20 +28,3 @@ class Overloaded(Exception):
 
 class DeadlineExceeded(Exception):
     """The request's deadline passed before its results were ready; its queued work is dropped."""
-
-
-class ReloadFailed(Exception):
-    """A new version could not be loaded; the previous one keeps serving."""
-
-
-class ShuttingDown(Exception):
-    """The service is stopping: the client should retry on another replica (503)."""
-
-
-_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)*[\w.@+~-]+")
-
-
-def public_message(text: str) -> str:
-    """An error text fit for a public answer: absolute server paths become `<path>` (the
-    full text goes to the log)."""
-    return _ABS_PATH.sub("<path>", text)

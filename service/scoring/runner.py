@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from service.core.aggregate import mean_and_std
-from service.core.batcher import BatchInfo
-from service.core.formatting import EncodedItem
+from service.contract.formatting import EncodedItem
 from service.engines.base import Critique, SamplingSpec
-from service.engines.factory import ModelRuntime
+from service.model.runtime import ModelRuntime
 from service.observability.metrics import Metrics
+from service.scoring.aggregate import mean_and_std
+from service.scoring.batcher import BatchInfo
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _text(value: object) -> str:
     return value
 
 
-class BatchPipeline:
+class BatchRunner:
     """The batcher's processor: runs each model version's share of a batch on its engines."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -146,6 +146,12 @@ class BatchPipeline:
         prev = self.batch_seconds_ewma
         self.batch_seconds_ewma = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
         return results
+
+    async def run_encoded(
+        self, runtime: ModelRuntime, encoded: Sequence[EncodedItem], spec: SamplingSpec
+    ) -> list[ItemResult]:
+        """Items outside any request (the warm-up, the health probe), past the batcher."""
+        return await self.run(runtime, [WorkItem(runtime, e, spec) for e in encoded])
 
     async def run(self, runtime: ModelRuntime, items: Sequence[WorkItem]) -> list[ItemResult]:
         m = self.metrics

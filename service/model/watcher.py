@@ -10,7 +10,7 @@ import logging
 import uuid
 
 from service.checkpoint.store import CheckpointRoot
-from service.core.service import RewardService
+from service.model.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 class ReloadWatcher:
     """Background tasks that keep a replica on the version it should serve."""
 
-    def __init__(self, service: RewardService) -> None:
-        self.service = service
-        self.settings = service.settings
+    def __init__(self, model: ModelManager) -> None:
+        self.model = model
+        self.settings = model.settings
         self.replica_id = uuid.uuid4().hex
         self._failed_pointer: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -43,14 +43,14 @@ class ReloadWatcher:
         root = CheckpointRoot(self.settings.checkpoint_root)
         while True:
             await asyncio.sleep(self.settings.reload_poll_s)
-            svc = self.service
-            if not svc.follow_current or svc.state != "ready" or svc.runtime is None:
+            model = self.model
+            if not model.follow_current or not model.health.ready or model.runtime is None:
                 continue
             pointer = await asyncio.to_thread(root.current_version)
-            if pointer in (None, svc.runtime.model_version, self._failed_pointer):
+            if pointer in (None, model.runtime.model_version, self._failed_pointer):
                 continue
             try:
-                await svc.reload(pointer)
+                await model.reload(pointer)
                 self._failed_pointer = None
             except Exception:
                 # Do not retry a broken version every poll; a new pointer value is tried again.
@@ -104,8 +104,7 @@ class ReloadWatcher:
             return
         if origin == self.replica_id:
             return
-        svc = self.service
-        svc.follow_current = version is None
+        self.model.pin(version)
         log.info("replica %s announced a reload to %s", origin, version or "current")
         with contextlib.suppress(Exception):  # failures are recorded by reload() itself
-            await svc.reload(version)
+            await self.model.reload(version)

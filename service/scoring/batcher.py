@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from service.core.errors import ShuttingDown
+from service.model.errors import ShuttingDown
 
 log = logging.getLogger(__name__)
 
