@@ -1,4 +1,5 @@
-"""`critic-rm` command line: serve, bootstrap, versions; train, eval, assemble (trainer.cli)."""
+"""`critic-rm serve`, `critic-rm bootstrap` and `critic-rm versions` (critic_rm.cli dispatches
+here; the trainer's subcommands live in trainer.cli, which this module never imports)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     versions.add_argument("--checkpoint-root")
     versions.add_argument("--verify", action="store_true", help="also check weight hashes")
     versions.set_defaults(func=_versions)
-
-    from trainer.cli import register
-
-    register(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

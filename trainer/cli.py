@@ -1,4 +1,4 @@
-"""`critic-rm train`, `critic-rm eval` and `critic-rm assemble` (registered by service.cli)."""
+"""`critic-rm train`, `critic-rm eval` and `critic-rm assemble` (critic_rm.cli dispatches here)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from service.engines.config import EngineConfig
     from trainer.data.load import DataError, load_pairs
     from trainer.evaluate import evaluate, write_report
 
@@ -59,10 +59,10 @@ def _eval(args: argparse.Namespace) -> int:
     except (ValueError, DataError, OSError) as exc:
         print(f"critic-rm eval: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(max_model_len=args.max_model_len)
+    engine_cfg = EngineConfig(max_model_len=args.max_model_len)
 
     async def run() -> list[dict[str, object]]:
-        return [await evaluate(Path(c), pairs, ms, settings) for c in args.checkpoint]
+        return [await evaluate(Path(c), pairs, ms, engine_cfg) for c in args.checkpoint]
 
     results = asyncio.run(run())
     out = Path(args.out)
@@ -90,9 +90,11 @@ def _assemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def main(argv: list[str] | None = None) -> int:
     from trainer.pipeline import STAGES
 
+    parser = argparse.ArgumentParser(prog="critic-rm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run the Critic-RM training pipeline (resumable)")
     train.add_argument("--config", help="recipe YAML (e.g. trainer/configs/default.yaml)")
     train.add_argument(
@@ -123,3 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--if-missing", action="store_true", help="do nothing if the delta's version exists"
     )
     asm.set_defaults(func=_assemble)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from service.checkpoint.critique_format import (
     verdict_prompt,
     with_verdict,
 )
-from service.core.formatting import PromptFormatter, conversation_text, normalize_prompt
+from service.contract.formatting import PromptFormatter, conversation_text, normalize_prompt
 from service.engines.base import CritiqueGenerator, SamplingSpec
 from trainer.config import RefineConfig, SamplingConfig
 from trainer.data.pairs import PreferencePair

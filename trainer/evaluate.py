@@ -17,8 +17,8 @@ from typing import Any
 from service.checkpoint.manifest import MANIFEST_FILE
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion, load_version
 from service.engines.base import SamplingSpec
+from service.engines.config import EngineConfig
 from service.engines.factory import load_engines, load_formatter
-from service.settings import Settings
 from trainer.data.pairs import PreferencePair
 
 
@@ -71,14 +71,14 @@ async def score_responses(
     version: CheckpointVersion,
     items: Sequence[tuple[Any, str]],
     max_m: int,
-    settings: Settings,
+    engine_cfg: EngineConfig,
 ) -> list[tuple[float, list[float]]]:
     """(reward at m = 0, [reward with critique i for i < max_m]) for each (prompt, response)."""
-    fmt = load_formatter(version, settings)
+    fmt = load_formatter(version, engine_cfg)
     sampling = version.manifest.sampling
     tokens = sampling.max_critique_tokens
     enc = [fmt.encode_item(p, y, tokens, max(max_m, 1), truncate_prompt=True) for p, y in items]
-    generator, scorer = await load_engines(version, settings)
+    generator, scorer = await load_engines(version, engine_cfg)
     try:
         critiques: list[list[str]] = [[] for _ in items]
         if max_m > 0:
@@ -104,7 +104,7 @@ async def evaluate(
     checkpoint: Path,
     pairs: Sequence[PreferencePair] | Mapping[str, Sequence[PreferencePair]],
     ms: Sequence[int],
-    settings: Settings,
+    engine_cfg: EngineConfig,
     stats_pairs: Sequence[PreferencePair] = (),
 ) -> dict[str, Any]:
     """Accuracy at every m for one checkpoint version directory, on one list of pairs or on
@@ -120,7 +120,7 @@ async def evaluate(
     every = [p for part in splits.values() for p in part] + list(stats_pairs)
     items = [(p.prompt, y) for p in every for y in (p.chosen, p.rejected)]
     max_m = max([*ms, default_m if stats_pairs else 0])
-    per_response = await score_responses(version, items, max_m, settings)
+    per_response = await score_responses(version, items, max_m, engine_cfg)
     by_split: dict[str, dict[str, Any]] = {}
     pos = 0
     for name, part in splits.items():

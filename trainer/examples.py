@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
 
-from service.core.formatting import PromptFormatter
+from service.contract.formatting import PromptFormatter
 
 
 @dataclass(frozen=True)

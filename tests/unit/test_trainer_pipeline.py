@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from trainer.critiques import refine, sample_and_judge
 from trainer.data.pairs import PreferencePair
 from trainer.evaluate import accuracy, markdown, plot, rewards_at
 from trainer.pipeline import STAGES, digests, run_pipeline
+from trainer.run import StageError
+from trainer.stages import PIPELINE, Stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,47 +78,85 @@ def test_digest_chain_reruns_only_what_a_change_affects() -> None:
     assert next(s for s in STAGES if a[s] != c[s]) == "sample"
 
 
-def _fake_stages(
-    monkeypatch: pytest.MonkeyPatch, calls: list[str], fail: str | None = None
-) -> None:
-    for name in STAGES:
+def _fake_stages(calls: list[str], fail: str | None = None) -> tuple[Stage, ...]:
+    """The real pipeline's names, sections and modes, with stages that only record their call."""
 
-        def stage(run: Any, name: str = name) -> dict[str, Any]:
+    def fake(name: str) -> Callable[[Any], dict[str, Any]]:
+        def stage(run: Any) -> dict[str, Any]:
             if name == fail:
                 raise RuntimeError(f"{name} failed")
             calls.append(name)
             return {"ran": name}
 
-        monkeypatch.setattr(stages, f"stage_{name}", stage)
+        return stage
+
+    return tuple(replace(s, func=fake(s.name)) for s in PIPELINE)
 
 
-def test_run_resumes_after_a_failed_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_lists_the_stage_functions_in_order() -> None:
+    assert STAGES == (
+        "data", "base", "sample", "filter", "refine", "train", "export", "eval", "publish"
+    )  # fmt: skip
+    assert [s.func for s in PIPELINE] == [
+        stages.stage_data,
+        stages.stage_base,
+        stages.stage_sample,
+        stages.stage_filter,
+        stages.stage_refine,
+        stages.stage_train,
+        stages.stage_export,
+        stages.stage_eval,
+        stages.stage_publish,
+    ]
+    assert {s.name for s in PIPELINE if s.critic_only} == {"sample", "filter", "refine"}
+
+
+def test_unknown_from_stage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="unknown stage 'sampel'"):
+        run_pipeline(load_config(None, [f"out_dir={tmp_path}"]), from_stage="sampel")
+
+
+def test_run_resumes_after_a_failed_stage(tmp_path: Path) -> None:
     cfg = load_config(None, [f"out_dir={tmp_path}"])
     calls: list[str] = []
-    _fake_stages(monkeypatch, calls, fail="train")
     with pytest.raises(RuntimeError, match="train failed"):
-        run_pipeline(cfg)
+        run_pipeline(cfg, stages=_fake_stages(calls, fail="train"))
     assert calls == ["data", "base", "sample", "filter", "refine"]
     calls.clear()
-    _fake_stages(monkeypatch, calls)
-    markers = run_pipeline(cfg)
+    fakes = _fake_stages(calls)
+    markers = run_pipeline(cfg, stages=fakes)
     assert calls == ["train", "export", "eval", "publish"]
     assert set(markers) == set(STAGES)
     calls.clear()
-    run_pipeline(cfg)
+    run_pipeline(cfg, stages=fakes)
     assert calls == []  # everything done
-    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]))
+    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]), stages=fakes)
     assert calls == ["refine", "train", "export", "eval", "publish"]
     calls.clear()
-    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]), from_stage="eval")
+    run_pipeline(
+        load_config(None, [f"out_dir={tmp_path}", "refine.k=3"]), from_stage="eval", stages=fakes
+    )
     assert calls == ["eval", "publish"]
     assert json.loads((tmp_path / "stages" / "eval.json").read_text())["ran"] == "eval"
 
 
-def test_bt_mode_skips_critique_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_async_stages_are_run_to_completion(tmp_path: Path) -> None:
+    async def sample(run: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"awaited": True}
+
+    fakes = tuple(replace(s, func=sample) if s.name == "sample" else s for s in _fake_stages([]))
+    markers = run_pipeline(load_config(None, [f"out_dir={tmp_path}"]), until="sample", stages=fakes)
+    assert list(markers) == ["data", "base", "sample"] and markers["sample"]["awaited"] is True
+
+
+def test_bt_mode_skips_critique_stages(tmp_path: Path) -> None:
     calls: list[str] = []
-    _fake_stages(monkeypatch, calls)
-    run_pipeline(load_config(None, [f"out_dir={tmp_path}", "train.mode=bt"]), until="train")
+    run_pipeline(
+        load_config(None, [f"out_dir={tmp_path}", "train.mode=bt"]),
+        until="train",
+        stages=_fake_stages(calls),
+    )
     assert calls == ["data", "base", "train"]
 
 
@@ -188,9 +230,9 @@ async def test_sample_and_judge_drops_and_counts_unparseable_scores() -> None:
     )
     records, stats = await sample_and_judge(
         gen,
-        CharFormatter(),
+        CharFormatter(),  # type: ignore[arg-type]
         [pair],
-        SamplingConfig(num_critiques=2, max_tokens=8, temperature=0.8, plain_critiques=0),  # type: ignore[arg-type]
+        SamplingConfig(num_critiques=2, max_tokens=8, temperature=0.8, plain_critiques=0),
     )
     assert stats.critiques == 4 and stats.unparseable == 1
     assert stats.per_category == {"code": {"critiques": 4, "unparseable": 1}}
@@ -212,8 +254,13 @@ def _record() -> dict[str, Any]:
 async def test_ranking_keeps_the_top_k_by_meta_judge_score() -> None:
     gen = ScriptedGenerator([["3"], ["9"], ["x"], ["1"], ["5"], ["6"]])
     out = await refine(
-        gen, CharFormatter(), [_record()], RefineConfig(method="ranking", k=2), SamplingConfig(), 0
-    )  # type: ignore[arg-type]
+        gen,
+        CharFormatter(),  # type: ignore[arg-type]
+        [_record()],
+        RefineConfig(method="ranking", k=2),
+        SamplingConfig(),
+        0,
+    )
     assert out[0]["chosen_train"] == ["b", "a"]  # 9, 3; the unparseable one last
     assert out[0]["rejected_train"] == ["f", "e"]
     assert out[0]["chosen_meta"] == [3, 9, None]
@@ -223,12 +270,12 @@ async def test_summarization_writes_k_meta_critiques_from_permutations() -> None
     gen = ScriptedGenerator([["s1"], ["s2"], ["s3"], ["s4"]])
     out = await refine(
         gen,
-        CharFormatter(),
+        CharFormatter(),  # type: ignore[arg-type]
         [_record()],
         RefineConfig(method="summarization", k=2),
         SamplingConfig(),
         0,
-    )  # type: ignore[arg-type]
+    )
     assert out[0]["chosen_train"] == ["s1", "s2"] and out[0]["rejected_train"] == ["s3", "s4"]
     prompts = [_decode(p) for p in gen.calls[0][0]]
     for text in prompts[:2]:
@@ -239,12 +286,12 @@ async def test_summarization_writes_k_meta_critiques_from_permutations() -> None
 async def test_no_refinement_keeps_the_first_k() -> None:
     out = await refine(
         ScriptedGenerator([]),
-        CharFormatter(),
+        CharFormatter(),  # type: ignore[arg-type]
         [_record()],
         RefineConfig(method="none", k=1),
         SamplingConfig(),
         0,
-    )  # type: ignore[arg-type]
+    )
     assert out[0]["chosen_train"] == ["a"] and out[0]["rejected_train"] == ["d"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.checkpoint.manifest import Templates
-from service.core.formatting import PromptFormatter
+from service.contract.formatting import PromptFormatter
 from trainer.config import LoraConfig, TrainConfig
 from trainer.examples import build_examples
 from trainer.losses import critique_nll
@@ -183,9 +183,9 @@ def test_selected_nll_matches_the_masked_full_logits_loss() -> None:
 def test_assemble_publishes_the_delta_once_with_its_metadata(
     tiny_llama: Path, fmt: PromptFormatter, tmp_path: Path
 ) -> None:
+    from critic_rm.cli import main
     from service.checkpoint.manifest import SamplingDefaults
     from service.checkpoint.store import CheckpointRoot
-    from service.cli import main
     from trainer.export import assemble, find_assembled
 
     policy, _, _ = _run(tiny_llama, fmt, epochs=2)

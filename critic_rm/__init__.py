@@ -1,0 +1,1 @@
+"""The `critic-rm` command: a dispatcher over the service's and the trainer's command lines."""
