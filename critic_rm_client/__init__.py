@@ -1,0 +1,69 @@
+"""The Critic-RM rollout-worker client: stdlib + httpx only (``pip install critic-rm``).
+
+::
+
+    from critic_rm_client import RewardClient
+
+    with RewardClient("http://critic-rm:8000", api_key="...") as rm:
+        result = rm.score([("What is 17 * 3?", "51")], num_critiques=4)
+        print(result.model_version, result.rewards)
+
+``RewardClient`` (threads) and ``AsyncRewardClient`` (asyncio) are thin loops over one core
+(``critic_rm_client.core``: request building, chunking, retries, parsing); the TRL, verl and
+OpenRLHF reward functions are in ``critic_rm_client.adapters``. ``CriticRMClient`` and
+``AsyncCriticRMClient`` are the names the clients had before they got their own package.
+"""
+
+from critic_rm_client.aio import AsyncRewardClient
+from critic_rm_client.core import ClientConfig, SamplingOptions, ScoreOptions, message_text
+from critic_rm_client.errors import (
+    CriticRMDeadlineExceeded,
+    CriticRMError,
+    CriticRMHTTPError,
+    CriticRMUnavailable,
+    CriticRMVersionMismatch,
+)
+from critic_rm_client.results import (
+    Critique,
+    CritiqueResult,
+    ItemScore,
+    Message,
+    Prompt,
+    ReadyStatus,
+    RewardsResult,
+    ScoreItem,
+    ScoreItemLike,
+    ScoreResult,
+    Usage,
+)
+from critic_rm_client.sync import RewardClient
+
+CriticRMClient = RewardClient
+AsyncCriticRMClient = AsyncRewardClient
+
+__all__ = [
+    "AsyncCriticRMClient",
+    "AsyncRewardClient",
+    "ClientConfig",
+    "CriticRMClient",
+    "CriticRMDeadlineExceeded",
+    "CriticRMError",
+    "CriticRMHTTPError",
+    "CriticRMUnavailable",
+    "CriticRMVersionMismatch",
+    "Critique",
+    "CritiqueResult",
+    "ItemScore",
+    "Message",
+    "Prompt",
+    "ReadyStatus",
+    "RewardClient",
+    "RewardsResult",
+    "SamplingOptions",
+    "ScoreItem",
+    "ScoreItemLike",
+    "ScoreOptions",
+    "ScoreResult",
+    "Usage",
+    "message_text",
+]

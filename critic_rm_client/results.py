@@ -1,0 +1,123 @@
+"""The typed results of the Critic-RM client, and what it accepts as items to score."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+__all__ = [
+    "Critique",
+    "CritiqueResult",
+    "ItemScore",
+    "Message",
+    "Prompt",
+    "ReadyStatus",
+    "RewardsResult",
+    "ScoreItem",
+    "ScoreItemLike",
+    "ScoreResult",
+    "Usage",
+]
+
+Message: TypeAlias = Mapping[str, Any]
+"""A chat message: ``{"role": ..., "content": ...}``; other keys are dropped when sent."""
+Prompt: TypeAlias = str | Sequence[Message]
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """A (prompt, response) pair to score. ``prompt`` is text or a list of chat messages."""
+
+    prompt: Prompt
+    response: str
+
+
+ScoreItemLike: TypeAlias = ScoreItem | Mapping[str, Any] | tuple[Prompt, str]
+"""What ``score`` accepts per item: a ``ScoreItem``, a ``{"prompt", "response"}`` mapping, or a
+``(prompt, response)`` pair."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens the service processed for a call (summed over split requests)."""
+
+    prompt_tokens: int = 0
+    critique_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    """The service's result for one item: the mean reward over the m critiques, the m rewards,
+    their standard deviation, the critique texts when asked for, and whether it came from the
+    service's result cache."""
+
+    reward: float
+    critique_rewards: list[float]
+    reward_std: float
+    critiques: list[str] | None
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The result of one ``score`` call, in input order, all from one ``model_version``."""
+
+    model_version: str
+    results: list[ItemScore]
+    usage: Usage
+    warnings: list[str]
+
+    @property
+    def rewards(self) -> list[float]:
+        """The per-item rewards, in input order."""
+        return [r.reward for r in self.results]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[ItemScore]:
+        return iter(self.results)
+
+
+@dataclass(frozen=True)
+class Critique:
+    """One sampled critique and the reward read after it."""
+
+    text: str
+    reward: float
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class CritiqueResult:
+    """The result of ``critique``: the sampled critiques and their mean reward."""
+
+    model_version: str
+    critiques: list[Critique]
+    reward: float
+    cached: bool
+    usage: Usage
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class ReadyStatus:
+    """``GET /ready``: ``ready`` is true once the engines are loaded and warmed up; otherwise
+    ``status`` is the service state (``loading``, ``warming``, ``failed``) and ``error`` why."""
+
+    ready: bool
+    status: str
+    model_version: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RewardsResult:
+    """``POST /get_reward`` (OpenRLHF's protocol): one reward per rendered query, the same values
+    as ``scores``, and per-item logs (``critic_rm_reward_std``, ``critic_rm_critique_tokens``)."""
+
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
