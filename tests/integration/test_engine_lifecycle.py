@@ -1,6 +1,7 @@
 """Hot reload under load and SIGTERM on the real engines: while they load, and while a reload
-loads with requests in flight; no engine process outlives the gateway. Runs after the other
-integration tests (file order): it changes the served version and finally stops the server."""
+loads with requests in flight; no engine process outlives the gateway. The reload test puts the
+default version back; the SIGTERM test stops the shared server, which the next test that needs it
+gets restarted (conftest.SharedServer), so these tests run in any order."""
 
 from __future__ import annotations
 
@@ -87,8 +88,18 @@ def test_reload_under_load_fails_nothing_and_mixes_no_versions(
     serving_root: CheckpointRoot,
     served_version: CheckpointVersion,
 ) -> None:
-    v1 = served_version.manifest.model_version
+    v1 = http.get("/info").json()["model_version"]
+    assert v1 == served_version.manifest.model_version, "another test left a version pinned"
     v2 = publish_variant(serving_root, served_version, seed=1)
+    try:
+        reload_under_load(live_server, http, v1, v2)
+    finally:
+        # Back to following `current` (the default), for whichever test runs next.
+        back = http.post("/admin/reload", json={}, timeout=900)
+        assert back.status_code == 200 and back.json()["model_version"] == v1, back.text
+
+
+def reload_under_load(live_server: LiveServer, http: httpx.Client, v1: str, v2: str) -> None:
     stop = threading.Event()
     results: list[tuple[float, float, int, str | None]] = []
 
