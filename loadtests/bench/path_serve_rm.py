@@ -4,7 +4,7 @@ the last token, like critic-rm at m = 0: the client sends the exact text of crit
 sequence, which serve_rm tokenises without adding special tokens and reads at the last token.
 
 serve_rm imports deepspeed, peft and flash_attn at start-up; put an environment providing them
-on --openrlhf-pythonpath (see the README's Performance section). It serves in bf16 or fp16 only
+on --openrlhf-pythonpath (see docs/performance.md, path e). It serves in bf16 or fp16 only
 (`--ds.param_dtype`), one request at a time; critic-rm's scorer runs in float32, so its rewards
 differ from critic-rm's by bf16 rounding.
 
@@ -77,7 +77,7 @@ def run(
 ) -> tuple[PathRun, list[dict[str, Any]]]:
     s = Settings(checkpoint_root=checkpoint_root)
     version = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
-    fmt = load_formatter(version, s)
+    fmt = load_formatter(version, s.engine_config())
     texts = []
     tokens = 0
     for p in w.pairs:

@@ -430,7 +430,8 @@ def test_helm_template_matches_the_checked_in_render(render: str) -> None:
             )
         )
         pytest.fail(
-            f"{RENDERS[render][1]} is stale; regenerate it (README.md, Deploy and observe):\n{diff}"
+            f"{RENDERS[render][1]} is stale; regenerate it (docs/deployment.md, Checks of the "
+            f"deployment files):\n{diff}"
         )
 
 
