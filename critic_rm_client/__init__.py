@@ -8,14 +8,17 @@
         result = rm.score([("What is 17 * 3?", "51")], num_critiques=4)
         print(result.model_version, result.rewards)
 
-``RewardClient`` (threads) and ``AsyncRewardClient`` (asyncio) are thin loops over one core
-(``critic_rm_client.core``: request building, chunking, retries, parsing); the TRL, verl and
-OpenRLHF reward functions are in ``critic_rm_client.adapters``. ``CriticRMClient`` and
+``RewardClient`` (threads) and ``AsyncRewardClient`` (asyncio) are thin loops over one I/O-free
+core: ``config`` (``ClientConfig``, option names), ``build`` (request JSON, chunking), ``steps``
+(the actions a call yields), ``parse`` (answers into results), ``retry`` (the retry policy and
+deadlines) and ``calls`` (the API calls); the TRL, verl and OpenRLHF reward functions are in
+``critic_rm_client.adapters``. ``CriticRMClient`` and
 ``AsyncCriticRMClient`` are the names the clients had before they got their own package.
 """
 
 from critic_rm_client.aio import AsyncRewardClient
-from critic_rm_client.core import ClientConfig, SamplingOptions, ScoreOptions, message_text
+from critic_rm_client.build import message_text
+from critic_rm_client.config import ClientConfig, SamplingOptions, ScoreOptions
 from critic_rm_client.errors import (
     CriticRMDeadlineExceeded,
     CriticRMError,

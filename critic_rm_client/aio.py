@@ -1,4 +1,4 @@
-"""``AsyncRewardClient``: the core's calls driven over ``httpx.AsyncClient``, split requests as
+"""``AsyncRewardClient``: the calls (``critic_rm_client.calls``) driven over ``httpx.AsyncClient``, split requests as
 tasks under a semaphore."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from critic_rm_client import core
-from critic_rm_client.core import Call, ClientConfig, Gather, Send, Sleep
+from critic_rm_client import calls
+from critic_rm_client.config import ClientConfig
 from critic_rm_client.results import (
     CritiqueResult,
     Prompt,
@@ -19,11 +19,12 @@ from critic_rm_client.results import (
     ScoreItemLike,
     ScoreResult,
 )
+from critic_rm_client.steps import Action, Call, Gather, Send, Sleep, raise_first
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.core import SamplingOptions, ScoreOptions
+    from critic_rm_client.config import SamplingOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ class AsyncRewardClient:
         **options: Unpack[ScoreOptions],
     ) -> ScoreResult:
         """Score (prompt, response) items; see ``RewardClient.score``."""
-        return await self.run(core.score(self.config, items, options, deadline_s))
+        return await self.run(calls.score(self.config, items, options, deadline_s))
 
     async def critique(
         self,
@@ -80,7 +81,7 @@ class AsyncRewardClient:
         **options: Unpack[SamplingOptions],
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards."""
-        return await self.run(core.critique(self.config, prompt, response, n, options, deadline_s))
+        return await self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))
 
     async def get_reward(
         self,
@@ -90,24 +91,24 @@ class AsyncRewardClient:
         deadline_s: float | None = None,
     ) -> RewardsResult:
         """OpenRLHF's ``/get_reward``; see ``RewardClient.get_reward``."""
-        return await self.run(core.get_reward(self.config, queries, prompts, deadline_s))
+        return await self.run(calls.get_reward(self.config, queries, prompts, deadline_s))
 
     async def ready(self) -> ReadyStatus:
         """``GET /ready`` once, without retries; see ``RewardClient.ready``."""
-        return await self.run(core.ready())
+        return await self.run(calls.ready())
 
     async def wait_ready(self, timeout_s: float = 600.0, poll_s: float = 2.0) -> ReadyStatus:
         """Poll ``/ready`` until ready; see ``RewardClient.wait_ready``."""
-        return await self.run(core.wait_ready(timeout_s, poll_s))
+        return await self.run(calls.wait_ready(timeout_s, poll_s))
 
     async def info(self) -> dict[str, Any]:
         """``GET /info`` (retried like ``score``)."""
-        return await self.run(core.info(self.config))
+        return await self.run(calls.info(self.config))
 
     # -- the loop
 
     async def run(self, call: Call[T]) -> T:
-        """Drive a core call to its result on the running event loop."""
+        """Drive a call to its result on the running event loop."""
         answer: Any = None
         error: Exception | None = None
         while True:
@@ -121,7 +122,7 @@ class AsyncRewardClient:
             except Exception as exc:
                 error = exc
 
-    async def _perform(self, action: core.Action) -> Any:
+    async def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
             return await self._http.request(action.method, action.path, **action.kwargs())
         if isinstance(action, Sleep):
@@ -143,7 +144,7 @@ class AsyncRewardClient:
         tasks = [asyncio.ensure_future(one(c)) for c in action.calls]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            core.raise_first(t.exception() for t in tasks if t.done())
+            raise_first(t.exception() for t in tasks if t.done())
             return [t.result() for t in tasks]
         finally:
             pending = [t for t in tasks if not t.done()]

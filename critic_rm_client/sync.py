@@ -1,4 +1,4 @@
-"""``RewardClient``: the core's calls driven over ``httpx.Client``, split requests on threads."""
+"""``RewardClient``: the calls (``critic_rm_client.calls``) driven over ``httpx.Client``, split requests on threads."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from critic_rm_client import core
-from critic_rm_client.core import Call, Cancelled, ClientConfig, Gather, Send, Sleep
+from critic_rm_client import calls
+from critic_rm_client.config import ClientConfig
 from critic_rm_client.results import (
     CritiqueResult,
     Prompt,
@@ -20,11 +20,12 @@ from critic_rm_client.results import (
     ScoreItemLike,
     ScoreResult,
 )
+from critic_rm_client.steps import Action, Call, Cancelled, Gather, Send, Sleep, raise_first
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.core import SamplingOptions, ScoreOptions
+    from critic_rm_client.config import SamplingOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -72,10 +73,10 @@ class RewardClient:
         deadline_s: float | None = None,
         **options: Unpack[ScoreOptions],
     ) -> ScoreResult:
-        """Score (prompt, response) items, all with one ``model_version`` (see ``core``);
+        """Score (prompt, response) items, all with one ``model_version`` (see ``critic_rm_client.calls``);
         options: ``num_critiques``, ``temperature``, ``top_p``, ``max_critique_tokens``,
         ``return_critiques``, ``truncate_prompt``, ``use_cache``."""
-        return self.run(core.score(self.config, items, options, deadline_s))
+        return self.run(calls.score(self.config, items, options, deadline_s))
 
     def critique(
         self,
@@ -87,7 +88,7 @@ class RewardClient:
         **options: Unpack[SamplingOptions],
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards (why the reward is what it is)."""
-        return self.run(core.critique(self.config, prompt, response, n, options, deadline_s))
+        return self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))
 
     def get_reward(
         self,
@@ -97,26 +98,26 @@ class RewardClient:
         deadline_s: float | None = None,
     ) -> RewardsResult:
         """OpenRLHF's ``/get_reward`` over rendered prompt+response texts, split like ``score``."""
-        return self.run(core.get_reward(self.config, queries, prompts, deadline_s))
+        return self.run(calls.get_reward(self.config, queries, prompts, deadline_s))
 
     def ready(self) -> ReadyStatus:
         """``GET /ready`` once, without retries; 503 is a not-ready status, not an error.
         Raises ``CriticRMUnavailable`` if the service cannot be reached."""
-        return self.run(core.ready())
+        return self.run(calls.ready())
 
     def wait_ready(self, timeout_s: float = 600.0, poll_s: float = 2.0) -> ReadyStatus:
         """Poll ``/ready`` until ready; raises ``CriticRMUnavailable`` after ``timeout_s`` or a
         ``CriticRMError`` at once if the service reports ``failed``."""
-        return self.run(core.wait_ready(timeout_s, poll_s))
+        return self.run(calls.wait_ready(timeout_s, poll_s))
 
     def info(self) -> dict[str, Any]:
         """``GET /info``: model version, defaults, limits, reward statistics (retried)."""
-        return self.run(core.info(self.config))
+        return self.run(calls.info(self.config))
 
     # -- the loop
 
     def run(self, call: Call[T], stop: threading.Event | None = None) -> T:
-        """Drive a core call to its result on this thread."""
+        """Drive a call to its result on this thread."""
         answer: Any = None
         error: Exception | None = None
         while True:
@@ -130,7 +131,7 @@ class RewardClient:
             except Exception as exc:
                 error = exc
 
-    def _perform(self, action: core.Action, stop: threading.Event | None) -> Any:
+    def _perform(self, action: Action, stop: threading.Event | None) -> Any:
         if isinstance(action, Send):
             return self._http.request(action.method, action.path, **action.kwargs())
         if isinstance(action, Sleep):
@@ -152,7 +153,7 @@ class RewardClient:
             done, _ = concurrent.futures.wait(
                 futures, return_when=concurrent.futures.FIRST_EXCEPTION
             )
-            core.raise_first(f.exception() for f in futures if f in done)
+            raise_first(f.exception() for f in futures if f in done)
             return [f.result() for f in futures]
         finally:
             # On failure, do not wait for siblings still backing off: they see `stop` and quit.

@@ -15,12 +15,15 @@ from critic_rm_client import CriticRMError, RewardClient, adapters
 from critic_rm_client.adapters import (
     OpenRLHFRewardFunc,
     TRLRewardFunc,
+    base,
     empty_reward_from_info,
     make_openrlhf_reward_func,
     make_reward_function,
     make_trl_reward_func,
     make_verl_batch_compute_score,
     make_verl_compute_score,
+    trl,
+    verl,
 )
 from critic_rm_client.aio import AsyncRewardClient
 from tests.unit.client_fake import (
@@ -43,14 +46,14 @@ def rm(monkeypatch: pytest.MonkeyPatch) -> FakeRM:
     fake = FakeRM()
     app = make_app(fake)
     monkeypatch.setattr(
-        adapters, "RewardClient", functools.partial(RewardClient, transport=SyncASGITransport(app))
+        base, "RewardClient", functools.partial(RewardClient, transport=SyncASGITransport(app))
     )
     monkeypatch.setattr(
-        adapters,
+        base,
         "AsyncRewardClient",
         functools.partial(AsyncRewardClient, transport=httpx.ASGITransport(app=app)),
     )
-    monkeypatch.setattr(adapters, "_shared", {})
+    monkeypatch.setattr(verl, "_shared", {})
     return fake
 
 
@@ -166,8 +169,8 @@ def test_trl_completion_text_takes_the_assistant_turns() -> None:
         {"role": "tool", "content": "42"},
         {"role": "assistant", "content": [{"type": "text", "text": "It is 42."}]},
     ]
-    assert adapters._completion_text(completion) == "Let me look.\n\nIt is 42."
-    assert adapters._completion_text([{"content": "no role"}]) == "no role"
+    assert trl._completion_text(completion) == "Let me look.\n\nIt is 42."
+    assert trl._completion_text([{"content": "no role"}]) == "no role"
 
 
 def test_reward_functions_pickle_without_their_client() -> None:
@@ -237,7 +240,7 @@ async def test_verl_async_entry_points_match_the_sync_ones(rm: FakeRM) -> None:
 def test_verl_module_entry_points_take_reward_kwargs(
     rm: FakeRM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(adapters.API_KEY_ENV, "env-key")
+    monkeypatch.setenv(verl.API_KEY_ENV, "env-key")
     kwargs: dict[str, Any] = {"url": URL, "num_critiques": 1}
     # As the reward loop calls it: keywords, with the reward-model extras it adds.
     one = adapters.compute_score(
@@ -255,11 +258,11 @@ def test_verl_module_entry_points_take_reward_kwargs(
     )
     assert one == batch[0] == expected_reward("ok?", "yes")
     assert again == expected_reward("ok?", "no")
-    assert len(adapters._shared) == 2  # one adapter per distinct setting, reused
+    assert len(verl._shared) == 2  # one adapter per distinct setting, reused
     assert rm.requests[0][2]["authorization"] == "Bearer env-key"
-    monkeypatch.delenv(adapters.API_KEY_ENV)
-    monkeypatch.delenv(adapters.URL_ENV, raising=False)
-    with pytest.raises(ValueError, match=adapters.URL_ENV):
+    monkeypatch.delenv(verl.API_KEY_ENV)
+    monkeypatch.delenv(verl.URL_ENV, raising=False)
+    with pytest.raises(ValueError, match=verl.URL_ENV):
         adapters.compute_score("d", "x", None, {"question": "q"})
 
 

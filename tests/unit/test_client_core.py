@@ -1,5 +1,5 @@
 """The client (sync and async) against a small in-process fake of the HTTP API: batching,
-concurrency, retries, errors, versions, deadlines; and the core's calls driven by hand, without
+concurrency, retries, errors, versions, deadlines; and the calls driven by hand, without
 any I/O."""
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ from critic_rm_client import (
     RewardClient,
     ScoreItem,
     ScoreItemLike,
-    core,
+    build,
+    calls,
+    parse,
+    retry,
 )
-from critic_rm_client.core import Gather, Send, Sleep, parse_retry_after
+from critic_rm_client.config import SCORE_OPTION_NAMES, option_fields
+from critic_rm_client.parse import parse_retry_after
+from critic_rm_client.steps import Gather, Send, Sleep
 from tests.unit.client_fake import (
     URL,
     WARNING,
@@ -350,7 +355,7 @@ def test_errors_form_one_hierarchy() -> None:
         assert issubclass(cls, CriticRMError)
 
 
-# --------------------------------------------------------------------------- the core, by hand
+# --------------------------------------------------------------------------- the calls, by hand
 
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:
@@ -361,7 +366,7 @@ def test_a_request_call_is_a_plain_generator_of_actions() -> None:
     """The retry policy runs without any transport: it asks to send, is told 503 with a
     Retry-After, asks to sleep that long, sends again and returns the decoded body."""
     config = ClientConfig(URL, max_retries=2)
-    call = core.request(config, "POST", "/score", {"items": []}, core.Budget(None))
+    call = retry.request(config, "POST", "/score", {"items": []}, retry.Budget(None))
     first = next(call)
     assert isinstance(first, Send) and (first.method, first.path) == ("POST", "/score")
     assert first.headers is None  # no deadline, no X-Request-Timeout
@@ -377,7 +382,7 @@ def test_a_request_call_is_a_plain_generator_of_actions() -> None:
 
 def test_a_transport_error_thrown_into_a_call_is_retried_then_gives_up() -> None:
     config = ClientConfig(URL, max_retries=1, backoff_base_s=0.01)
-    call = core.request(config, "GET", "/info", None, core.Budget(None))
+    call = retry.request(config, "GET", "/info", None, retry.Budget(None))
     next(call)
     assert isinstance(call.throw(httpx.ConnectError("refused")), Sleep)
     next(call)
@@ -388,15 +393,15 @@ def test_a_transport_error_thrown_into_a_call_is_retried_then_gives_up() -> None
 
 def test_the_deadline_header_carries_the_time_left() -> None:
     now = [100.0]
-    call = core.request(ClientConfig(URL), "GET", "/info", None, core.Budget(5.0, lambda: now[0]))
+    call = retry.request(ClientConfig(URL), "GET", "/info", None, retry.Budget(5.0, lambda: now[0]))
     now[0] = 103.0
     sent = next(call)
-    assert isinstance(sent, Send) and sent.headers == {core.DEADLINE_HEADER: "2.000"}
+    assert isinstance(sent, Send) and sent.headers == {retry.DEADLINE_HEADER: "2.000"}
 
 
 def test_score_chunks_into_one_gather_of_split_requests() -> None:
     config = ClientConfig(URL, max_batch_items=4, max_concurrency=3)
-    gather = next(core.score(config, pairs(10), {"num_critiques": 2}))
+    gather = next(calls.score(config, pairs(10), {"num_critiques": 2}))
     assert isinstance(gather, Gather) and gather.limit == 3
     sends = [next(c) for c in gather.calls]
     assert [len(s.json["items"]) for s in sends] == [4, 4, 2]
@@ -405,24 +410,24 @@ def test_score_chunks_into_one_gather_of_split_requests() -> None:
 
 
 def test_chunks_keep_offsets() -> None:
-    assert core.chunks([1, 2, 3, 4, 5], 2) == [(0, [1, 2]), (2, [3, 4]), (4, [5])]
-    assert core.chunks([1], 10) == [(0, [1])]
+    assert build.chunks([1, 2, 3, 4, 5], 2) == [(0, [1, 2]), (2, [3, 4]), (4, [5])]
+    assert build.chunks([1], 10) == [(0, [1])]
 
 
 def test_options_drop_unset_fields_but_keep_false() -> None:
-    fields = core.option_fields(
+    fields = option_fields(
         {"num_critiques": None, "truncate_prompt": False, "return_critiques": False},
-        core.SCORE_OPTION_NAMES,
+        SCORE_OPTION_NAMES,
     )
     assert fields == {"truncate_prompt": False}
 
 
 def test_parsing_refuses_malformed_answers() -> None:
     with pytest.raises(CriticRMError, match="malformed /score"):
-        core.score_result({"results": []}, 0)
+        parse.score_result({"results": []}, 0)
     with pytest.raises(CriticRMError, match="2 results for 1 items"):
-        core.score_result({"model_version": "v", "results": [{"reward": 1}, {"reward": 2}]}, 1)
-    result = core.score_result({"model_version": "v", "results": [{"reward": "1.5"}]}, 1)
+        parse.score_result({"model_version": "v", "results": [{"reward": 1}, {"reward": 2}]}, 1)
+    result = parse.score_result({"model_version": "v", "results": [{"reward": "1.5"}]}, 1)
     assert result.rewards == [1.5] and result.results[0].critique_rewards == []
 
 
