@@ -28,7 +28,7 @@ from trainer.judge import SCORE_PROMPT, SCORE_REGEX, parse_score
 from trainer.selection import Scored, top_k
 
 if TYPE_CHECKING:
-    from trainer.verify.checks import Verdict as Finding
+    from trainer.verify.verdict import Verdict as Finding
 
 
 def score_spec(temperature: float) -> SamplingSpec:

@@ -19,8 +19,10 @@ from trainer.data import synthetic
 from trainer.data.pairs import PreferencePair
 from trainer.data.synth import BY_NAME
 from trainer.data.synth.code import CODE_TASKS, renamed
-from trainer.verify import checks
-from trainer.verify.checks import classify, verify
+from trainer.verify import arithmetic
+from trainer.verify import code as code_verifier
+from trainer.verify.checks import verify
+from trainer.verify.safety import classify
 from trainer.verify.sandbox import Limits, SandboxResult
 
 QUICK = Limits(wall_s=2.0, cpu_s=1, memory_mb=256, output_bytes=16 * 1024)
@@ -358,12 +360,12 @@ def test_arithmetic_reads_chained_expressions_and_rounded_division() -> None:
     assert verify(chain, "- 3 × 4 = 12\n- 5 x 2 = 10\n- 12 + 10 = 22\nThe answer is 22.").correct
     v = verify(chain, "3 × 4 + 5 × 2 = 23, so the answer is 22.")
     assert not v.correct and "'3 × 4 + 5 × 2 = 23'" in v.hint and "should be 22" in v.hint
-    assert checks.steps_in("3 × 4 + 5 × 2 = 22") == []  # "5 × 2 = 22" is not a step
+    assert arithmetic.steps_in("3 × 4 + 5 × 2 = 22") == []  # "5 × 2 = 22" is not a step
     div = {"kind": "arithmetic", "answer": 3.14, "unit": "", "steps": [[22, "÷", 7, 3.142857]]}
     assert verify(div, "22 / 7 = 3.14, so the answer is 3.14.").correct
     assert verify(div, "22 ÷ 7 = 3.143. The answer is 3.14.").correct
     assert not verify(div, "22 / 7 = 3.15, so the answer is 3.14.").correct
-    assert not checks.matches(4.5 + 1, "5.4")  # rounding never excuses a wrong sum
+    assert not arithmetic.matches(4.5 + 1, "5.4")  # rounding never excuses a wrong sum
 
 
 HARMFUL = {"kind": "safety", "harmful": True}
@@ -428,8 +430,8 @@ def test_sandbox_results_that_may_change_are_not_cached(monkeypatch: pytest.Monk
         calls.append(code)
         return SandboxResult(next(outcomes))  # type: ignore[arg-type]
 
-    monkeypatch.setattr(checks, "run_tests", fake_run)
-    monkeypatch.setattr(checks, "RUN_CACHE", {})
+    monkeypatch.setattr(code_verifier, "run_tests", fake_run)
+    monkeypatch.setattr(code_verifier, "RUN_CACHE", {})
     check = {"kind": "unit_tests", "name": "f", "tests": [[[1], 1]]}
     code = "def f(x):\n    return x"
     assert [verify(check, code).correct for _ in range(4)] == [False, False, True, True]

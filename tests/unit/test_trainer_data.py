@@ -11,7 +11,8 @@ from trainer.data import synthetic
 from trainer.data.load import DataError, load_pairs, to_pair
 from trainer.judge import parse_score
 from trainer.selection import Scored, filter_pairs, keep_pair, top_k
-from trainer.verify.checks import final_answer, verify
+from trainer.verify.arithmetic import final_answer
+from trainer.verify.checks import verify
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trainer.data.synth.common import Case, Category, Family, Resp, elaborate_generic, pick
-from trainer.verify.checks import verify, words
+from trainer.verify.checks import verify
+from trainer.verify.constraints import words
 
 TOPICS = ["the ocean", "autumn", "libraries", "bicycles", "coffee", "mountains", "rain",
           "trains", "gardens", "city parks", "winter mornings", "old maps", "jazz", "bees",
