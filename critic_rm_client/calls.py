@@ -32,6 +32,7 @@ from critic_rm_client.errors import (
 from critic_rm_client.parse import (
     critique_result,
     merge,
+    merge_rewards,
     ready_status,
     rewards_result,
     score_result,
@@ -172,15 +173,7 @@ def get_reward(
         ],
         config.max_concurrency,
     )
-    logs: dict[str, list[float]] = {}
-    for part in parts:
-        for key, values in part.extra_logs.items():
-            logs.setdefault(key, []).extend(values)
-    return RewardsResult(
-        rewards=[r for p in parts for r in p.rewards],
-        scores=[s for p in parts for s in p.scores],
-        extra_logs=logs,
-    )
+    return merge_rewards(parts)
 
 
 def _get_reward_run(

@@ -152,6 +152,19 @@ def merge(parts: Sequence[ScoreResult]) -> ScoreResult:
     )
 
 
+def merge_rewards(parts: Sequence[RewardsResult]) -> RewardsResult:
+    """Split `/get_reward` answers back into one, in request order."""
+    logs: dict[str, list[float]] = {}
+    for part in parts:
+        for key, values in part.extra_logs.items():
+            logs.setdefault(key, []).extend(values)
+    return RewardsResult(
+        rewards=[r for p in parts for r in p.rewards],
+        scores=[s for p in parts for s in p.scores],
+        extra_logs=logs,
+    )
+
+
 def critique_result(data: Any) -> CritiqueResult:
     """A ``/critique`` answer."""
     try:

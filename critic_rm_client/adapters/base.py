@@ -77,6 +77,15 @@ def empty_reward_from_info(info: Mapping[str, Any], stds: float = EMPTY_REWARD_S
     return float(mean) - stds * float(std)
 
 
+def scatter(n: int, todo: Sequence[int], values: Sequence[float], fill: float) -> list[float]:
+    """`values` (the scored responses, in `todo` order) back in place among `n`, `fill` for
+    the rest."""
+    out = [fill] * n
+    for i, value in zip(todo, values, strict=True):
+        out[i] = value
+    return out
+
+
 class RewardFunction:
     """The adapter every framework shape builds on: a lazily-built client (sync, or async per
     event loop), the scoring options, and the empty-response reward. Subclasses only map their
@@ -147,21 +156,16 @@ class RewardFunction:
         self._aclients = weakref.WeakKeyDictionary()
 
     def _rewards(self, pairs: Sequence[tuple[Prompt, str]]) -> Call[list[float]]:
-        out = [0.0] * len(pairs)
         todo = [i for i, (_, response) in enumerate(pairs) if response.strip()]
+        rewards: list[float] = []
         version = None
         if todo:
             result = yield from calls.score(
                 self.settings.client, [pairs[i] for i in todo], self.settings.score_options
             )
-            for i, reward in zip(todo, result.rewards, strict=True):
-                out[i] = reward
-            version = result.model_version
-        if len(todo) < len(pairs):
-            empty = yield from self._empty_reward(version)
-            done = set(todo)
-            out = [r if i in done else empty for i, r in enumerate(out)]
-        return out
+            rewards, version = result.rewards, result.model_version
+        empty = (yield from self._empty_reward(version)) if len(todo) < len(pairs) else 0.0
+        return scatter(len(pairs), todo, rewards, empty)
 
     def _empty_reward(self, version: str | None) -> Call[float]:
         if self.settings.empty_reward is not None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from critic_rm_client import calls
-from critic_rm_client.adapters.base import RewardFunction, build_adapter
+from critic_rm_client.adapters.base import RewardFunction, build_adapter, scatter
 from critic_rm_client.steps import Call
 
 # The chat-template markers a decoded rollout ends with (<|im_end|>, <|eot_id|>, </s>, ...):
@@ -42,22 +42,18 @@ class OpenRLHFRewardFunc(RewardFunction):
     def _get_rewards(self, queries: Sequence[str], prompts: Sequence[str]) -> Call[dict[str, Any]]:
         empty = [_response_part(q, p) for q, p in zip(queries, prompts, strict=True)]
         todo = [i for i, rest in enumerate(empty) if rest is None or rest.strip()]
-        rewards = [0.0] * len(queries)
+        n = len(queries)
+        scored: list[float] = []
         logs: dict[str, list[float]] = {}
         if todo:
             result = yield from calls.get_reward(
                 self.settings.client, [queries[i] for i in todo], [prompts[i] for i in todo]
             )
-            for i, reward in zip(todo, result.rewards, strict=True):
-                rewards[i] = reward
-            for key, values in result.extra_logs.items():
-                logs[key] = [0.0] * len(queries)
-                for i, value in zip(todo, values, strict=True):
-                    logs[key][i] = value
-        if len(todo) < len(queries):
-            value = yield from self._empty_reward(None)  # /get_reward names no version
-            done = set(todo)
-            rewards = [r if i in done else value for i, r in enumerate(rewards)]
+            scored = result.rewards
+            logs = {k: scatter(n, todo, v, 0.0) for k, v in result.extra_logs.items()}
+        # /get_reward names no version
+        fill = (yield from self._empty_reward(None)) if len(todo) < n else 0.0
+        rewards = scatter(n, todo, scored, fill)
         return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
 
 

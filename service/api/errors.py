@@ -87,18 +87,15 @@ def install_error_handlers(app: FastAPI) -> None:
         extra = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
         return error_response(422, "invalid_request", f"{field}: {msg}{extra}", field)
 
+    @app.exception_handler(OptionError)
     @app.exception_handler(InvalidRequest)
-    async def _invalid(_req: Request, exc: InvalidRequest) -> JSONResponse:
+    async def _invalid(_req: Request, exc: InvalidRequest | OptionError) -> JSONResponse:
         return error_response(
             exc.status,
             "invalid_request",
             f"{exc.field}: {exc.message}",
             exc.field,
         )
-
-    @app.exception_handler(OptionError)
-    async def _option(_req: Request, exc: OptionError) -> JSONResponse:
-        return error_response(422, "invalid_request", f"{exc.field}: {exc.message}", exc.field)
 
     @app.exception_handler(NotReady)
     async def _not_ready(_req: Request, exc: NotReady) -> JSONResponse:

@@ -11,6 +11,8 @@ from service.checkpoint.manifest import SamplingDefaults
 class OptionError(ValueError):
     """An option over its limit; `field` names it as the client spelled it (e.g. "n")."""
 
+    status = 422
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
