@@ -33,6 +33,12 @@ class SamplingConfig(_Section):
         description="Pairs with a verifier check get grounded critiques (the verifier's hint in "
         "the sampling prompt, a constrained verdict, the grounded filter); off: judge scores.",
     )
+    teacher: bool = Field(
+        False,
+        description="Grounded pairs take the verifier's finding written as a structured "
+        "critique (trainer.verify.teacher) as their one training critique per response, "
+        "instead of sampling num_critiques hinted critiques.",
+    )
     plain_critiques: int = Field(
         2,
         ge=0,
@@ -172,6 +178,10 @@ class Config(_Section):
             raise ValueError(
                 "train.reward_inputs has 'sampled' but sampling.plain_critiques is 0: the reward "
                 "head would get no sampled critiques"
+            )
+        if self.sampling.teacher and not self.sampling.grounded:
+            raise ValueError(
+                "sampling.teacher needs sampling.grounded: teacher critiques are the verifier's"
             )
         return self
 

@@ -24,8 +24,10 @@ from service.contract.formatting import PromptFormatter, conversation_text, norm
 from service.engines.base import CritiqueGenerator, SamplingSpec
 from trainer.config import RefineConfig, SamplingConfig
 from trainer.data.pairs import PreferencePair
+from trainer.examples import end_of_turn_ids
 from trainer.judge import SCORE_PROMPT, SCORE_REGEX, parse_score
 from trainer.selection import Scored, top_k
+from trainer.verify.teacher import teacher_critique
 
 if TYPE_CHECKING:
     from trainer.verify.verdict import Verdict as Finding
@@ -60,6 +62,7 @@ class SampleStats:
     unparseable: int = 0
     grounded_pairs: int = 0
     hint_echoes: int = 0
+    teacher: int = 0  # training critiques the verifier wrote (sampling.teacher)
     per_category: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -120,8 +123,10 @@ async def sample_and_judge(
     """Training critiques of each pair's chosen and rejected response, and `cfg.plain_critiques`
     critiques sampled exactly as the service samples them (no hint, no verdict).
 
-    A pair with a verifier check (the synthetic data) gets grounded critiques: the verifier's
-    hint goes into the sampling prompt, the structured critique's verdict is decoded under a
+    With `cfg.teacher`, a pair with a verifier check gets one training critique per response,
+    the verifier's finding written as a structured critique, and no hinted sampling.
+    Otherwise a pair with a verifier check (the synthetic data) gets grounded critiques: the
+    verifier's hint goes into the sampling prompt, the structured critique's verdict is decoded under a
     Correct|Incorrect constraint, and the record carries the verifier's verdicts for the
     grounded filter. A pair without one (a loaded dataset) gets critiques judged 1-10 by the
     model, for the judge-score filter. Returns one record per pair:
@@ -137,21 +142,28 @@ async def sample_and_judge(
         ).critique_prompt
         for _i, p, side in responses
     ]
-    prompts, specs = [], []
+    prompts, specs, asked = [], [], []
     # A grounded critique's free text leaves room for its verdict line, so the whole critique
     # fits the checkpoint's critique budget (sampling.max_tokens) as the service decodes it.
     free = max(cfg.max_tokens - len(fmt.encode(verdict_prompt("") + "Incorrect")), 1)
-    for (i, p, side), plain_ids in zip(responses, plain_prompts, strict=True):
+    for k, ((i, p, side), plain_ids) in enumerate(zip(responses, plain_prompts, strict=True)):
         v = verdicts[i]
         if v is None:
             prompts.append(plain_ids)
             specs.append(
                 SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, cfg.max_tokens)
             )
-            continue
-        prompts.append(_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens, v[side].hint))
-        specs.append(SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, free))
-    critiques, _ = await generator.generate(prompts, specs)
+        elif not cfg.teacher:
+            prompts.append(_item(fmt, p.prompt, getattr(p, side), cfg.max_tokens, v[side].hint))
+            specs.append(SamplingSpec(cfg.num_critiques, cfg.temperature, cfg.top_p, free))
+        else:
+            continue  # the verifier writes this response's training critique (below)
+        asked.append(k)
+    critiques: list[list[Any]] = [[] for _ in responses]
+    if prompts:
+        sent, _ = await generator.generate(prompts, specs)
+        for k, cs in zip(asked, sent, strict=True):
+            critiques[k] = list(cs)
     # The closing step continues each critique in the un-hinted prompt: the verdict line
     # (grounded; decoded without the hint, so it says what the critique's own text implies,
     # not what the hint said) or "<critique>\nScore (1-10): N" (judged).
@@ -162,7 +174,9 @@ async def sample_and_judge(
             tail = verdict_prompt(c.text) if grounded else c.text + SCORE_PROMPT
             close_prompts.append(ids + fmt.encode(tail))
             close_specs.append(verdict_spec() if grounded else score_spec(cfg.temperature))
-    closed, _ = await generator.generate(close_prompts, close_specs)
+    closed, _ = (
+        await generator.generate(close_prompts, close_specs) if close_prompts else ([], None)
+    )
     closing = iter(out[0].text if out else "" for out in closed)
 
     plain: list[list[str]] = [[] for _ in responses]
@@ -173,6 +187,11 @@ async def sample_and_judge(
 
     stats = SampleStats()
     records: dict[int, dict[str, Any]] = {}
+    closing_ids = end_of_turn_ids(fmt) if cfg.teacher else []
+
+    def fits_budget(text: str) -> bool:
+        return len(fmt.encode(text)) + len(closing_ids) <= cfg.max_tokens
+
     for (i, pair, side), cs, extra in zip(responses, critiques, plain, strict=True):
         v = verdicts[i]
         rec = records.setdefault(i, {"pair": pair.to_json(), "chosen": [], "rejected": []})
@@ -181,6 +200,11 @@ async def sample_and_judge(
             rec["verifier"] = {s: {"correct": v[s].correct, "hint": v[s].hint} for s in SIDES}
         rec[f"{side}_plain"] = extra
         cat = stats.per_category.setdefault(pair.category, {"critiques": 0, "unparseable": 0})
+        if v is not None and cfg.teacher:
+            text = teacher_critique(pair.category, v[side], fits_budget)
+            rec[side].append({"text": text, "verdict": parse_verdict(text), "teacher": True})
+            stats.teacher += 1
+            continue
         for c in cs:
             out = next(closing)
             stats.critiques += 1

@@ -142,6 +142,8 @@ async def stage_sample(run: Run) -> dict[str, Any]:
         "critiques": stats.critiques,
         "unparseable_dropped": stats.unparseable,
         "grounded_pairs": stats.grounded_pairs,
+        "teacher_critiques": stats.teacher,
+        "hint_echoes_dropped": stats.hint_echoes,
         "per_category": stats.per_category,
     }
 

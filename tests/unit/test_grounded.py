@@ -201,3 +201,98 @@ def test_sampled_reward_inputs_need_sampled_critiques() -> None:
     load_config(None, ["sampling.plain_critiques=0", "train.reward_inputs=[plain]"])
     with pytest.raises(ConfigError, match="splits"):
         load_config(None, ["eval.splits={hard: 0}"])
+
+
+# ---------------------------------------------------------------- teacher critiques
+class _Tok:
+    eos_token_id = 0
+
+
+class EosCharFormatter(CharFormatter):
+    markers = None
+    tokenizer = _Tok()
+
+
+def test_teacher_critique_states_the_finding_without_its_source() -> None:
+    from trainer.verify.teacher import teacher_critique
+
+    wrong = Finding(False, "Verifier: the final answer 17 is wrong; the correct result is 6.")
+    text = teacher_critique("reasoning", wrong)  # type: ignore[arg-type]
+    c = parse(text)
+    assert c.verdict == "Incorrect"
+    assert c.analysis == "The final answer 17 is wrong; the correct result is 6."
+    assert c.suggestions == "Redo the calculation step by step."
+    assert critiques.HINT_ECHO.search(text) is None  # it never claims a check it cannot run
+    ok = Finding(True, "Execution feedback: the code passes all 3 unit tests.")
+    assert parse(teacher_critique("code", ok)).verdict == "Correct"  # type: ignore[arg-type]
+    refusal = Finding(False, "Verifier: the response refuses a harmless request (over-refusal).")
+    assert "helpfully" in parse(teacher_critique("safety", refusal)).suggestions  # type: ignore[arg-type]
+
+
+def test_teacher_critique_shortens_its_analysis_to_keep_the_verdict_in_budget() -> None:
+    from trainer.verify.teacher import teacher_critique
+
+    long = Finding(False, "Verifier: one two three four. Five six seven eight. Nine ten.")
+    text = teacher_critique("code", long, lambda t: len(t) <= 120)  # type: ignore[arg-type]
+    assert len(text) <= 120 and text.endswith("Overall judgment: Incorrect")
+    assert parse(text).analysis == "One two three four."  # whole sentences go first
+    tiny = teacher_critique("code", long, lambda t: len(t) <= 105)  # type: ignore[arg-type]
+    assert parse(tiny).analysis == "One two" and parse(tiny).verdict == "Incorrect"
+
+
+async def test_teacher_mode_writes_training_critiques_and_samples_only_plain_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked = PreferencePair("q", "good", "bad", "code", "p0", check={"kind": "test"})
+    judged = PreferencePair("q2", "g", "b", "general", "p1")  # no verifier: sampled and judged
+
+    async def fake_verify(pairs: Any) -> list[dict[str, Finding] | None]:
+        return [
+            {
+                "chosen": Finding(True, "Execution feedback: the code passes all 3 unit tests."),
+                "rejected": Finding(False, "Execution feedback: the code fails 1 of 3 tests."),
+            }
+            if p.check
+            else None
+            for p in pairs
+        ]
+
+    monkeypatch.setattr(critiques, "verify_pairs", fake_verify)
+    gen = ScriptedGenerator(
+        [
+            ["j1"],  # the unverified pair's critiques, then their judge scores
+            ["j2"],
+            ["8"],
+            ["3"],
+            ["p1"],  # plain critiques, one per response
+            ["p2"],
+            ["p3"],
+            ["p4"],
+        ]
+    )
+    cfg = SamplingConfig(num_critiques=1, max_tokens=200, plain_critiques=1, teacher=True)  # type: ignore[call-arg]
+    records, stats = await sample_and_judge(gen, EosCharFormatter(), [checked, judged], cfg)  # type: ignore[arg-type]
+    rec = records[0]
+    assert [c["verdict"] for c in rec["chosen"]] == ["Correct"]
+    assert [c["verdict"] for c in rec["rejected"]] == ["Incorrect"]
+    assert rec["rejected"][0]["text"].startswith("Analysis: The code fails 1 of 3 tests.")
+    assert rec["chosen_plain"] == ["p1"] and rec["rejected_plain"] == ["p2"]
+    assert records[1]["chosen"] == [{"text": "j1", "score": 8}]
+    assert stats.teacher == 2
+    # Only the unverified pair was sampled with its own prompts; no hint reached any prompt.
+    assert len(gen.calls[0][0]) == 2
+    assert all("hint:" not in _decode(p) for call, _ in gen.calls for p in call)
+    kept, _report, agreement = filter_grounded(records[:1])
+    assert kept[0]["chosen"] and kept[0]["rejected"] and agreement == {"code": 1.0}
+
+
+def test_teacher_critique_names_the_failing_input_of_partly_failing_code() -> None:
+    from trainer.verify.teacher import teacher_critique
+
+    hint = (
+        "Execution feedback: the code fails 1 of 3 unit tests. For the input ([1], 9), the "
+        "expected output is -1, but the code returns None."
+    )
+    c = parse(teacher_critique("code", Finding(False, hint)))  # type: ignore[arg-type]
+    assert c.analysis == "For the input ([1], 9), the code returns None instead of -1."
+    assert c.verdict == "Incorrect"
