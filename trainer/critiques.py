@@ -236,7 +236,7 @@ def scored(record: dict[str, Any], side: str) -> list[Scored]:
 
 
 async def refine(
-    generator: CritiqueGenerator,
+    generator: CritiqueGenerator | None,
     fmt: PromptFormatter,
     records: Sequence[dict[str, Any]],
     cfg: RefineConfig,
@@ -255,6 +255,8 @@ async def refine(
         for r, side in jobs:
             by_id[id(r)][f"{side}_train"] = [c["text"] for c in r[side][: cfg.k]]
         return out
+    if generator is None:
+        raise ValueError(f"refine.method {cfg.method!r} needs the critique generator")
     if cfg.method == "ranking":
         prompts = [
             _meta_prompt(fmt, r["pair"], r["pair"][side], c["text"])

@@ -173,13 +173,16 @@ async def stage_refine(run: Run) -> dict[str, Any]:
     engine_cfg = engine_config(run)
     version = base_version(run)
     fmt = load_formatter(version, engine_cfg)
-    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
+    generator = None
+    if run.cfg.refine.method != "none":  # none keeps the first K as sampled: no engine
+        generator = await asyncio.to_thread(load_generator, version, engine_cfg)
     try:
         refined = await refine(
             generator, fmt, records, run.cfg.refine, run.cfg.sampling, run.cfg.seed
         )
     finally:
-        generator.shutdown()
+        if generator is not None:
+            generator.shutdown()
     write_json_lines(refined, run.path("refined.jsonl"))
     per = [len(r["chosen_train"]) for r in refined] + [len(r["rejected_train"]) for r in refined]
     return {

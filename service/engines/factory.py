@@ -32,6 +32,14 @@ def load_generator(version: CheckpointVersion, config: EngineConfig) -> Critique
     return _load_generator(version, config)
 
 
+def load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScorer:
+    """The reward scorer alone (an evaluation at m = 0 needs no generator)."""
+    from service.engines.vllm_engines import configure_cpu_env
+
+    configure_cpu_env(config)
+    return _load_scorer(version, config)
+
+
 def _load_generator(version: CheckpointVersion, config: EngineConfig) -> CritiqueGenerator:
     from service.engines.vllm_engines import VllmCritiqueGenerator
 
