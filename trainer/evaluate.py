@@ -6,6 +6,7 @@ aggregates. A pair is right when r(chosen) > r(rejected); a tie counts half."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import statistics
@@ -16,9 +17,9 @@ from typing import Any
 
 from service.checkpoint.manifest import MANIFEST_FILE
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion, load_version
-from service.engines.base import SamplingSpec
+from service.engines.base import CritiqueGenerator, RewardScorer, SamplingSpec
 from service.engines.config import EngineConfig
-from service.engines.factory import load_engines, load_formatter
+from service.engines.factory import load_engines, load_formatter, load_scorer
 from trainer.data.pairs import PreferencePair
 
 
@@ -78,10 +79,15 @@ async def score_responses(
     sampling = version.manifest.sampling
     tokens = sampling.max_critique_tokens
     enc = [fmt.encode_item(p, y, tokens, max(max_m, 1), truncate_prompt=True) for p, y in items]
-    generator, scorer = await load_engines(version, engine_cfg)
+    generator: CritiqueGenerator | None = None
+    scorer: RewardScorer
+    if max_m > 0:
+        generator, scorer = await load_engines(version, engine_cfg)
+    else:  # m = 0 only (a standard RM): no critique is sampled, so no generator is started
+        scorer = await asyncio.to_thread(load_scorer, version, engine_cfg)
     try:
         critiques: list[list[str]] = [[] for _ in items]
-        if max_m > 0:
+        if generator is not None:
             spec = SamplingSpec(max_m, sampling.temperature, sampling.top_p, tokens)
             out, _ = await generator.generate([e.critique_prompt for e in enc], [spec] * len(enc))
             critiques = [[c.text for c in cs] for cs in out]
@@ -91,7 +97,8 @@ async def score_responses(
             seqs += [fmt.score_ids(e.score_prefix, c) for c in cs]
         flat, _ = await scorer.score(seqs)
     finally:
-        generator.shutdown()
+        if generator is not None:
+            generator.shutdown()
         scorer.shutdown()
     result, pos = [], 0
     for cs in critiques:
@@ -242,3 +249,11 @@ def write_report(results: Sequence[dict[str, Any]], labels: Sequence[str], out: 
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "eval.md").write_text(markdown(results, labels))
     plot(results, labels, out / "eval.png")
+    if len(results) > 1 and results[0].get("mode") != "bt":
+        # The targets, against the first checkpoint compared (the standard RM).
+        from trainer import targets
+
+        rows = targets.check(results[0], results[1])
+        if rows:
+            (out / "targets.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (out / "targets.md").write_text(targets.markdown(rows))
