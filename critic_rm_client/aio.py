@@ -24,7 +24,7 @@ from critic_rm_client.steps import Action, Call, Gather, Send, Sleep, raise_firs
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.config import SamplingOptions, ScoreOptions
+    from critic_rm_client.config import CritiqueOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ class AsyncRewardClient:
         n: int | None = None,
         *,
         deadline_s: float | None = None,
-        **options: Unpack[SamplingOptions],
+        **options: Unpack[CritiqueOptions],
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards."""
         return await self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))

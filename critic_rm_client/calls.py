@@ -18,7 +18,7 @@ import httpx
 
 from critic_rm_client.build import chunks, item_json, prompt_json
 from critic_rm_client.config import (
-    SAMPLING_OPTION_NAMES,
+    CRITIQUE_OPTION_NAMES,
     SCORE_OPTION_NAMES,
     ClientConfig,
     option_fields,
@@ -99,7 +99,7 @@ def critique(
     body: dict[str, Any] = {"prompt": prompt_json(prompt), "response": response}
     if n is not None:
         body["n"] = n
-    body.update(option_fields(options, SAMPLING_OPTION_NAMES))
+    body.update(option_fields(options, CRITIQUE_OPTION_NAMES))
     data = yield from request(config, "POST", "/critique", body, budget(config, deadline_s))
     return critique_result(data)
 

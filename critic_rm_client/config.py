@@ -8,7 +8,7 @@ import difflib
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import httpx
 
@@ -120,6 +120,13 @@ class SamplingOptions(TypedDict, total=False):
     use_cache: bool | None
 
 
+class CritiqueOptions(SamplingOptions, total=False):
+    """The options of ``critique``: the sampling options and ``format`` (``"structured"``:
+    each critique closed by a constrained verdict line and split into its parts)."""
+
+    format: Literal["text", "structured"] | None
+
+
 class ScoreOptions(SamplingOptions, total=False):
     """The options of ``score``: the sampling options, m (``num_critiques``) and whether to
     return the critique texts."""
@@ -140,6 +147,7 @@ def check_names(given: Iterable[str], known: Collection[str], what: str) -> None
 
 SAMPLING_OPTION_NAMES: frozenset[str] = SamplingOptions.__optional_keys__
 SCORE_OPTION_NAMES: frozenset[str] = ScoreOptions.__optional_keys__
+CRITIQUE_OPTION_NAMES: frozenset[str] = CritiqueOptions.__optional_keys__
 
 
 def option_fields(options: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:

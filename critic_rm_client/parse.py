@@ -171,7 +171,14 @@ def critique_result(data: Any) -> CritiqueResult:
         return CritiqueResult(
             model_version=str(data["model_version"]),
             critiques=[
-                Critique(str(c["text"]), float(c["reward"]), str(c.get("finish_reason", "")))
+                Critique(
+                    str(c["text"]),
+                    float(c["reward"]),
+                    str(c.get("finish_reason", "")),
+                    _text_or_none(c.get("analysis")),
+                    _text_or_none(c.get("suggestions")),
+                    _text_or_none(c.get("verdict")),
+                )
                 for c in data["critiques"]
             ],
             reward=float(data["reward"]),
@@ -218,3 +225,7 @@ def ready_status(resp: httpx.Response) -> ReadyStatus:
         warnings=[str(w) for w in body.get("warnings") or []],
         error=body.get("error"),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -87,6 +87,10 @@ class Critique:
     text: str
     reward: float
     finish_reason: str
+    # With ``format="structured"`` only: the critique's parts and its verdict.
+    analysis: str | None = None
+    suggestions: str | None = None
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from critic_rm_client.steps import Action, Call, Cancelled, Gather, Send, Sleep,
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.config import SamplingOptions, ScoreOptions
+    from critic_rm_client.config import CritiqueOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -85,7 +85,7 @@ class RewardClient:
         n: int | None = None,
         *,
         deadline_s: float | None = None,
-        **options: Unpack[SamplingOptions],
+        **options: Unpack[CritiqueOptions],
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards (why the reward is what it is)."""
         return self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))

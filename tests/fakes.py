@@ -14,6 +14,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.checkpoint.critique_format import VERDICT_REGEX
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.engines.base import Critique, EngineStats, SamplingSpec
 from service.engines.factory import load_formatter
@@ -26,6 +27,7 @@ class FakeGenerator:
     """Deterministic critiques; records every call."""
 
     calls: list[int] = field(default_factory=list)
+    specs: list[list[SamplingSpec]] = field(default_factory=list)
     fail_next: int = 0
     delay_s: float = 0.0
     tag: str = ""
@@ -36,6 +38,7 @@ class FakeGenerator:
         self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
     ) -> tuple[list[list[Critique]], EngineStats]:
         self.calls.append(len(prompts))
+        self.specs.append(list(specs))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.dead:
@@ -45,7 +48,10 @@ class FakeGenerator:
             raise RuntimeError("generator exploded")
         outs = [
             [
-                Critique(f"critique {j} of a {len(p)}-token prompt{self.tag}", 5 + j, "stop")
+                # A constrained verdict answers within its regex, as the real engine does.
+                Critique("Incorrect" if len(p) % 2 else "Correct", 2, "stop")
+                if s.regex == VERDICT_REGEX
+                else Critique(f"critique {j} of a {len(p)}-token prompt{self.tag}", 5 + j, "stop")
                 for j in range(s.n)
             ]
             for p, s in zip(prompts, specs, strict=True)

@@ -94,12 +94,16 @@ class SamplingFields(BaseModel):
             max_critique_tokens=self.max_critique_tokens,
             truncate_prompt=self.truncate_prompt,
             use_cache=self.use_cache,
+            structured=self._structured(),
             num_critiques_field=field,
         )
 
     def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
         """The m this request asks for (None: the checkpoint's), and the field it names it by."""
         return None, "num_critiques"
+
+    def _structured(self) -> bool:
+        return False
 
 
 class ScoreRequest(SamplingFields):
@@ -121,8 +125,16 @@ class CritiqueRequest(SamplingFields):
     prompt: str | list[ChatMessage]
     response: str
     n: int | None = Field(None, ge=1, description="How many critiques to sample.")
+    format: Literal["text", "structured"] = Field(
+        "text",
+        description="structured: each critique is closed by a constrained 'Overall judgment: "
+        "Correct|Incorrect' line and returned split into analysis, suggestions and verdict.",
+    )
 
     _prompt = field_validator("prompt")(_check_prompt)
+
+    def _structured(self) -> bool:
+        return self.format == "structured"
 
     def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
         # A critique endpoint always samples one at least, whatever the checkpoint's default m.
@@ -138,6 +150,10 @@ class CritiqueOut(BaseModel):
     text: str
     reward: float
     finish_reason: str
+    # format "structured" only: the parts of the critique (service.checkpoint.critique_format).
+    analysis: str | None = None
+    suggestions: str | None = None
+    verdict: Literal["Correct", "Incorrect"] | None = None
 
 
 class ScoreResult(BaseModel):

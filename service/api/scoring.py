@@ -18,6 +18,7 @@ from service.api.schemas import (
     ScoreResult,
     Usage,
 )
+from service.checkpoint.critique_format import parse as parse_critique
 from service.scoring.core import RewardService
 
 router = APIRouter(responses=ERRORS, dependencies=[Depends(require_api_key)])
@@ -69,7 +70,9 @@ async def _critique(
     outcome = await service.score([(_prompt(body.prompt), body.response)], opts, deadline, runtime)
     item = outcome.items[0]
     critiques = [
-        CritiqueOut(text=c.text, reward=r, finish_reason=c.finish_reason)
+        _structured(c.text, r, c.finish_reason)
+        if opts.structured
+        else CritiqueOut(text=c.text, reward=r, finish_reason=c.finish_reason)
         for c, r in zip(item.result.critiques, item.result.critique_rewards, strict=True)
     ]
     return CritiqueResponse(
@@ -81,6 +84,18 @@ async def _critique(
             prompt_tokens=item.result.prompt_tokens, critique_tokens=item.result.critique_tokens
         ),
         warnings=outcome.warnings,
+    )
+
+
+def _structured(text: str, reward: float, finish_reason: str) -> CritiqueOut:
+    parts = parse_critique(text)
+    return CritiqueOut(
+        text=text,
+        reward=reward,
+        finish_reason=finish_reason,
+        analysis=parts.analysis,
+        suggestions=parts.suggestions,
+        verdict=parts.verdict,
     )
 
 

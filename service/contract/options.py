@@ -38,6 +38,9 @@ class ScoreOptions:
     max_critique_tokens: int
     truncate_prompt: bool = False
     use_cache: bool = True
+    # Close every critique with a verdict line decoded under a constraint (the structured
+    # critique of service.checkpoint.critique_format); the reward then reads the whole of it.
+    structured: bool = False
 
     @classmethod
     def resolve(
@@ -51,6 +54,7 @@ class ScoreOptions:
         max_critique_tokens: int | None = None,
         truncate_prompt: bool = False,
         use_cache: bool = True,
+        structured: bool = False,
         num_critiques_field: str = "num_critiques",
     ) -> ScoreOptions:
         """Unset options take the checkpoint's defaults; OptionError for one over its limit.
@@ -64,6 +68,7 @@ class ScoreOptions:
             ),
             truncate_prompt=truncate_prompt,
             use_cache=use_cache,
+            structured=structured,
         )
         if opts.num_critiques > limits.max_num_critiques:
             raise OptionError(num_critiques_field, f"must be at most {limits.max_num_critiques}")
@@ -76,8 +81,9 @@ class ScoreOptions:
         return opts
 
     def cache_fields(self) -> dict[str, object]:
-        """The options that change a result, as the cache key holds them (`use_cache` does not)."""
-        return {
+        """The options that change a result, as the cache key holds them (`use_cache` does not).
+        `st` is there only for structured critiques, so plain results keep their keys."""
+        fields: dict[str, object] = {
             "m": self.num_critiques,
             # Sampling parameters do not matter when no critique is sampled.
             "s": (
@@ -87,3 +93,6 @@ class ScoreOptions:
             ),
             "tr": self.truncate_prompt,
         }
+        if self.structured and self.num_critiques:
+            fields["st"] = True
+        return fields

@@ -18,10 +18,16 @@ class SamplingSpec:
     top_p: float
     max_tokens: int
     regex: str | None = None  # constrain the output to this regex (the trainer's judge scores)
+    # The batch runner closes each critique with a constrained verdict line (engines ignore it).
+    structured: bool = False
 
     @classmethod
-    def for_options(cls, opts: ScoreOptions) -> SamplingSpec:
-        """How a scoring request's critiques are sampled."""
+    def for_options(cls, opts: ScoreOptions, verdict_room: int = 0) -> SamplingSpec:
+        """How a scoring request's critiques are sampled. A structured critique's free text
+        leaves `verdict_room` tokens of the budget for its verdict line."""
+        if opts.structured:
+            tokens = max(opts.max_critique_tokens - verdict_room, 1)
+            return cls(opts.num_critiques, opts.temperature, opts.top_p, tokens, structured=True)
         return cls(opts.num_critiques, opts.temperature, opts.top_p, opts.max_critique_tokens)
 
 

@@ -22,6 +22,7 @@ from service.scoring.admission import Admission
 from service.scoring.batcher import MicroBatcher
 from service.scoring.errors import DeadlineExceeded, EngineFailure, InvalidRequest
 from service.scoring.runner import BatchRunner, ItemResult, WorkItem
+from service.scoring.structured import verdict_room
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ class RewardService:
         t0 = time.perf_counter()
         encoded = await asyncio.to_thread(self._encode_all, runtime, items, opts)
         self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
-        spec = SamplingSpec.for_options(opts)
+        room = verdict_room(runtime.formatter) if opts.structured else 0
+        spec = SamplingSpec.for_options(opts, room)
         m = runtime.manifest
         templates_digest = m.templates.digest()
         keys = [

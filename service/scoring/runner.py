@@ -18,6 +18,7 @@ from service.model.runtime import ModelRuntime
 from service.observability.metrics import Metrics
 from service.scoring.aggregate import mean_and_std
 from service.scoring.batcher import BatchInfo
+from service.scoring.structured import close_with_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,25 @@ class BatchRunner:
             except Exception:
                 m.engine_errors.labels(stage="generate").inc()
                 raise
-            m.generate_seconds.observe(time.perf_counter() - t0)
             m.prompt_tokens.labels("generator", "total").inc(stats.prompt_tokens)
             m.prompt_tokens.labels("generator", "cached").inc(stats.cached_prompt_tokens)
             critiques = dict(zip(sampled, outs, strict=True))
+            structured = [i for i in sampled if items[i].spec.structured]
+            if structured:
+                try:
+                    closed, stats = await close_with_verdicts(
+                        runtime.generator,
+                        runtime.formatter,
+                        [items[i].encoded.critique_prompt for i in structured],
+                        [critiques[i] for i in structured],
+                    )
+                except Exception:
+                    m.engine_errors.labels(stage="generate").inc()
+                    raise
+                m.prompt_tokens.labels("generator", "total").inc(stats.prompt_tokens)
+                m.prompt_tokens.labels("generator", "cached").inc(stats.cached_prompt_tokens)
+                critiques.update(zip(structured, closed, strict=True))
+            m.generate_seconds.observe(time.perf_counter() - t0)
 
         def build() -> list[list[int]]:
             seqs: list[list[int]] = []

@@ -132,6 +132,27 @@ def test_critique_endpoint_returns_n_scored_critiques(http: httpx.Client) -> Non
     assert out["reward"] == pytest.approx(sum(c["reward"] for c in out["critiques"]) / 3, abs=1e-6)
 
 
+def test_structured_critiques_end_in_a_decoded_verdict(http: httpx.Client) -> None:
+    body = {
+        "prompt": [{"role": "user", "content": "Give an even prime."}],
+        "response": "4",
+        "n": 2,
+        "max_critique_tokens": 24,
+        "format": "structured",
+        "use_cache": False,
+    }
+    r = http.post("/critique", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    for c in out["critiques"]:
+        # The real engine decodes the verdict under the constraint: it is always one of the two.
+        assert c["verdict"] in ("Correct", "Incorrect"), c
+        assert c["text"].endswith(f"Overall judgment: {c['verdict']}")
+        assert isinstance(c["analysis"], str) and isinstance(c["suggestions"], str)
+    # The whole critique, verdict line included, stays within the critique budget.
+    assert out["usage"]["critique_tokens"] <= 2 * 24
+
+
 def test_prefix_cache_shares_an_items_prompt_across_its_critiques(http: httpx.Client) -> None:
     before = http.get("/metrics").text
     long_prompt = "Summarise this text. " + " ".join(

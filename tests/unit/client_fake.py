@@ -131,10 +131,16 @@ def make_app(rm: FakeRM) -> FastAPI:
             return canned
         r = expected_reward(body["prompt"], body["response"])
         n = body.get("n", 2)
+        parts = (
+            {"analysis": "critique", "suggestions": "", "verdict": "Correct"}
+            if body.get("format") == "structured"
+            else {}
+        )
         return {
             "model_version": "v1",
             "critiques": [
-                {"text": f"critique {j}", "reward": r, "finish_reason": "stop"} for j in range(n)
+                {"text": f"critique {j}", "reward": r, "finish_reason": "stop", **parts}
+                for j in range(n)
             ],
             "reward": r,
             "cached": False,

@@ -314,6 +314,17 @@ def test_critique_ready_and_info(rm: FakeRM) -> None:
     assert not not_ready.ready and not_ready.status == "loading"
 
 
+def test_structured_critiques_come_back_in_their_parts(rm: FakeRM) -> None:
+    with sync_client(rm) as c:
+        crit = c.critique("q", "resp", n=1, format="structured")
+        plain = c.critique("q", "resp", n=1)
+        with pytest.raises(TypeError, match=r"'fromat'.*'format'"):
+            c.critique("q", "resp", fromat="structured")  # type: ignore[call-arg]
+    assert rm.bodies("/critique")[0]["format"] == "structured"
+    assert crit.critiques[0].verdict == "Correct" and crit.critiques[0].analysis == "critique"
+    assert plain.critiques[0].verdict is None and "format" not in rm.bodies("/critique")[1]
+
+
 async def test_async_critique_and_ready(rm: FakeRM) -> None:
     async with async_client(rm) as c:
         crit = await c.critique("q", "resp")

@@ -106,6 +106,39 @@ def test_critique_endpoint(client: TestClient) -> None:
     assert body["reward"] == pytest.approx(sum(c["reward"] for c in body["critiques"]) / 2)
 
 
+def test_structured_critiques_are_closed_by_a_constrained_verdict(client: TestClient) -> None:
+    from service.checkpoint.critique_format import VERDICT_REGEX
+
+    gen, _ = engines(client)
+    before = len(gen.calls)
+    r = client.post("/critique", json={**ITEM, "n": 2, "format": "structured"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # One request samples the free text, one more decodes every verdict under the constraint.
+    assert len(gen.calls) == before + 2 and gen.calls[-1] == 2
+    free, closing = gen.specs[-2], gen.specs[-1]
+    assert all(s.regex == VERDICT_REGEX and s.temperature == 0.0 for s in closing)
+    budget = client.app.state.service.runtime.manifest.sampling.max_critique_tokens  # type: ignore[attr-defined]
+    assert free[0].structured and free[0].max_tokens < budget  # room for the verdict line
+    for c in body["critiques"]:
+        assert c["verdict"] in ("Correct", "Incorrect")
+        assert c["text"].endswith(f"\nOverall judgment: {c['verdict']}")
+        assert c["analysis"].startswith("critique ") and c["suggestions"] == ""
+    assert body["usage"]["critique_tokens"] == (5 + 2) + (6 + 2)
+    # The reward reads the whole structured critique, so it is cached apart from plain text.
+    plain = client.post("/critique", json={**ITEM, "n": 2}).json()
+    assert plain["cached"] is False and plain["critiques"][0]["verdict"] is None
+    assert plain["critiques"][0]["reward"] != body["critiques"][0]["reward"]
+    again = client.post("/critique", json={**ITEM, "n": 2, "format": "structured"}).json()
+    assert again["cached"] is True and again["critiques"] == body["critiques"]
+
+
+def test_an_unknown_critique_format_names_the_field(client: TestClient) -> None:
+    r = client.post("/critique", json={**ITEM, "format": "yaml"})
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "format"
+
+
 async def test_concurrent_single_item_requests_become_few_engine_calls(
     checkpoint_root: Path,
 ) -> None:
