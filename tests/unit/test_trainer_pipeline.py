@@ -30,6 +30,8 @@ def test_default_recipes_validate() -> None:
     assert cfg.train.mode == "critic" and cfg.train.lora.enabled
     assert cfg.export.delta_dir == "trainer/default"
     assert load_config(REPO / "trainer/configs/bt.yaml").train.mode == "bt"
+    teacher = load_config(REPO / "trainer/configs/teacher.yaml")
+    assert teacher.sampling.teacher and teacher.eval.on == "validation"
 
 
 def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
