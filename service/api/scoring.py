@@ -55,7 +55,8 @@ async def _score(body: ScoreRequest, service: RewardService, deadline: float) ->
     )
 
 
-@router.post("/critique", response_model=CritiqueResponse)
+# Unset fields are left out, so a text critique carries no empty structured parts.
+@router.post("/critique", response_model=CritiqueResponse, response_model_exclude_unset=True)
 async def critique(
     body: CritiqueRequest, service: Service, deadline: Deadline
 ) -> CritiqueResponse | Response:
