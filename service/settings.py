@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.contract.options import OptionLimits
+from service.contract.options import OptionLimits, PolicyLimits
 from service.engines.config import EngineConfig, all_cpus
 
 # The engines' own defaults are the settings' defaults.
@@ -88,6 +88,37 @@ class Settings(BaseSettings):
     )
     max_temperature: float = Field(2.0, gt=0, description="Largest temperature accepted.")
 
+    # --- /refine
+    max_refine_rounds: int = Field(8, ge=0, description="Largest `rounds` a /refine may ask for.")
+    max_refine_candidates: int = Field(
+        4, ge=1, description="Largest `candidates` (revisions per round) a /refine may ask for."
+    )
+    revision_tokens: int = Field(
+        256, ge=1, description="Tokens per revision when a /refine does not say."
+    )
+    max_revision_tokens: int = Field(
+        1024, ge=1, description="Largest max_revision_tokens a /refine may ask for."
+    )
+    policy_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URL prefixes (comma-separated) of the external OpenAI-compatible policies "
+        "a /refine may call; empty: only the served generator revises.",
+    )
+    policy_allow_private: bool = Field(
+        False,
+        description="Let allow-listed policy URLs resolve to private, loopback or link-local "
+        "addresses (a policy server inside the cluster).",
+    )
+    policy_timeout_s: float = Field(60.0, gt=0, description="Timeout of one policy call.")
+    policy_max_response_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest policy answer read."
+    )
+    policy_api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the external policy's API key "
+        "(sent as a bearer token; never taken from a request).",
+    )
+
     # --- micro-batcher
     batch_max_items: int = Field(64, ge=1, description="Items per engine batch.")
     batch_max_tokens: int = Field(
@@ -146,7 +177,7 @@ class Settings(BaseSettings):
     # --- start-up
     warmup: bool = Field(True, description="Run a real request through both engines before ready.")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "policy_allowlist", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -164,6 +195,16 @@ class Settings(BaseSettings):
             max_num_critiques=self.max_num_critiques,
             max_temperature=self.max_temperature,
             max_critique_tokens=self.max_critique_tokens,
+        )
+
+    def policy_limits(self) -> PolicyLimits:
+        """The bounds on external /refine policies."""
+        return PolicyLimits(
+            allowlist=tuple(self.policy_allowlist),
+            allow_private=self.policy_allow_private,
+            timeout_s=self.policy_timeout_s,
+            max_response_bytes=self.policy_max_response_bytes,
+            api_key_env=self.policy_api_key_env,
         )
 
     def masked(self) -> dict[str, Any]:

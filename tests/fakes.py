@@ -33,6 +33,8 @@ class FakeGenerator:
     tag: str = ""
     shut_down: bool = False
     dead: bool = False
+    # Every constrained verdict says this (None: by the prompt length's parity).
+    verdict: str | None = None
 
     async def generate(
         self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
@@ -49,7 +51,7 @@ class FakeGenerator:
         outs = [
             [
                 # A constrained verdict answers within its regex, as the real engine does.
-                Critique("Incorrect" if len(p) % 2 else "Correct", 2, "stop")
+                Critique(self.verdict or ("Incorrect" if len(p) % 2 else "Correct"), 2, "stop")
                 if s.regex == VERDICT_REGEX
                 else Critique(f"critique {j} of a {len(p)}-token prompt{self.tag}", 5 + j, "stop")
                 for j in range(s.n)

@@ -15,7 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract.options import OptionError
 from service.model.errors import NotReady, ReloadFailed, ShuttingDown
-from service.scoring.errors import DeadlineExceeded, EngineFailure, InvalidRequest, Overloaded
+from service.scoring.errors import (
+    DeadlineExceeded,
+    EngineFailure,
+    InvalidRequest,
+    Overloaded,
+    PolicyFailure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineFailure)
     async def _engine(_req: Request, exc: EngineFailure) -> JSONResponse:
         return error_response(503, "engine_error", str(exc), None, **{"Retry-After": "1"})
+
+    @app.exception_handler(PolicyFailure)
+    async def _policy(_req: Request, exc: PolicyFailure) -> JSONResponse:
+        return error_response(502, "policy_error", str(exc), "policy")
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Request, exc: Overloaded) -> JSONResponse:

@@ -29,6 +29,18 @@ class OptionLimits:
 
 
 @dataclass(frozen=True)
+class PolicyLimits:
+    """The operator's bounds on external /refine policies (from the settings; applied by
+    service.scoring.policy)."""
+
+    allowlist: tuple[str, ...]
+    allow_private: bool
+    timeout_s: float
+    max_response_bytes: int
+    api_key_env: str | None
+
+
+@dataclass(frozen=True)
 class ScoreOptions:
     """Resolved per-request options: every field set (from the request or the checkpoint)."""
 

@@ -125,6 +125,28 @@ class Metrics:
         self.engine_errors = Counter(
             "critic_rm_engine_errors", "Engine batches that failed.", ["stage"], registry=r
         )
+        # /refine: how far the critique-revision loop goes, and what it gains.
+        self.refine_rounds = Counter(
+            "critic_rm_refine_rounds", "Critique-revision rounds run by /refine.", registry=r
+        )
+        self.refine_stops = Counter(
+            "critic_rm_refine_stops",
+            "Finished /refine calls, by why they stopped (verdict, no_improvement, rounds, "
+            "no_revision).",
+            ["reason"],
+            registry=r,
+        )
+        self.refine_gain = Histogram(
+            "critic_rm_refine_reward_gain",
+            "Reward of a /refine's best response minus the original's.",
+            buckets=(-1.0, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+            registry=r,
+        )
+        self.policy_failures = Counter(
+            "critic_rm_policy_failures",
+            "External /refine policy calls that failed (timeout, refused, malformed answer).",
+            registry=r,
+        )
 
     def set_model(self, model_version: str, base_model: str, trained: bool) -> None:
         self.model_info.clear()

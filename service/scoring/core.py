@@ -4,10 +4,11 @@ write, wholly on one model version."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from service.cache.store import ResultCache, cache_key
@@ -134,11 +135,16 @@ class RewardService:
         """Score items, wholly on one model version (`runtime`, by default the served one);
         `deadline` is an event-loop time after which the request gives up."""
         runtime = runtime or self.model.require_runtime()
+        with self.tracked(), runtime.use():
+            return await self._score(items, opts, deadline, runtime)
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        """Count a request in flight for the drain (a /refine counts once for all its rounds)."""
         self.inflight += 1
         self._no_inflight.clear()
         try:
-            with runtime.use():
-                return await self._score(items, opts, deadline, runtime)
+            yield
         finally:
             self.inflight -= 1
             if self.inflight == 0:

@@ -28,3 +28,7 @@ class Overloaded(Exception):
 
 class DeadlineExceeded(Exception):
     """The request's deadline passed before its results were ready; its queued work is dropped."""
+
+
+class PolicyFailure(Exception):
+    """The external policy of a /refine failed (refused, timed out, answered nonsense): 502."""

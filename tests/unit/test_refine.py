@@ -1,0 +1,286 @@
+"""/refine's own logic on fake engines: the loop, its stop rules, limits, the policy URL rules
+and the external-policy protocol. (Real engines: tests/integration/test_refine_http.py.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.contract.options import PolicyLimits
+from service.scoring.errors import InvalidRequest, PolicyFailure
+from service.scoring.policy import check_policy_url, parse_completions
+from tests.fakes import FakeGenerator, loader_for, wait_ready
+from tests.unit.test_gateway import make_settings
+
+ITEM = {"prompt": "What is 2+2?", "response": "5"}
+
+
+def _client(root: Path, **settings: object) -> Iterator[TestClient]:
+    app = create_app(make_settings(root, **settings), loader_for(root))
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture()
+def client(checkpoint_root: Path) -> Iterator[TestClient]:
+    yield from _client(checkpoint_root, max_refine_rounds=4)
+
+
+def generator(c: TestClient) -> FakeGenerator:
+    gen: FakeGenerator = c.app.state.service.runtime.generator  # type: ignore[attr-defined]
+    return gen
+
+
+def test_never_runs_every_round_and_keeps_the_best(client: TestClient) -> None:
+    generator(client).verdict = "Incorrect"
+    r = client.post(
+        "/refine",
+        json={**ITEM, "rounds": 3, "candidates": 2, "num_critiques": 2, "stop": "never"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stop_reason"] == "rounds" and [x["round"] for x in body["rounds"]] == [1, 2, 3]
+    assert body["model_version"] == client.get("/info").json()["model_version"]
+    scored = [body["original"]] + [c for x in body["rounds"] for c in x["candidates"]]
+    for s in scored:
+        assert len(s["critique_rewards"]) == 2 and len(s["critiques"]) == 2
+        assert s["reward"] == pytest.approx(sum(s["critique_rewards"]) / 2)
+        assert all(c["verdict"] == "Incorrect" for c in s["critiques"])
+    assert all(len(x["candidates"]) == 2 for x in body["rounds"])
+    # The best is the highest reward seen, and `improved` says when it changed.
+    best = max(scored, key=lambda s: s["reward"])
+    assert body["best"]["reward"] == pytest.approx(best["reward"])
+    assert body["best"]["response"] == best["response"]
+    running = body["original"]["reward"]
+    for x in body["rounds"]:
+        top = max(c["reward"] for c in x["candidates"])
+        assert x["improved"] == (top > running)
+        running = max(running, top)
+        # The revision was written from a critique of the best so far that found it wrong.
+        assert x["critique"]["verdict"] == "Incorrect"
+    # The fake writes 2 tokens of verdict after 5 + j of text; revisions are 5 + j tokens too.
+    assert body["usage"]["revision_tokens"] == 3 * (5 + 6)
+    assert body["usage"]["critique_tokens"] == 7 * ((5 + 2) + (6 + 2))
+
+
+def test_verdict_stops_before_revising_a_response_judged_correct(client: TestClient) -> None:
+    gen = generator(client)
+    gen.verdict = "Correct"
+    before = len(gen.calls)
+    body = client.post("/refine", json={**ITEM, "rounds": 3, "stop": "verdict"}).json()
+    assert body["stop_reason"] == "verdict" and body["rounds"] == []
+    assert body["best"] == {
+        "response": ITEM["response"],
+        "reward": body["original"]["reward"],
+        "round": 0,
+    }
+    assert body["usage"]["revision_tokens"] == 0
+    assert len(gen.calls) == before + 2  # critiques and their verdicts; no revision
+
+
+def test_no_improvement_stops_after_a_round_that_does_not_beat_the_best(
+    client: TestClient,
+) -> None:
+    generator(client).verdict = "Incorrect"
+    body = client.post(
+        "/refine", json={**ITEM, "rounds": 4, "num_critiques": 1, "stop": "no_improvement"}
+    ).json()
+    rounds = body["rounds"]
+    assert all(x["improved"] for x in rounds[:-1])
+    if body["stop_reason"] == "no_improvement":
+        assert not rounds[-1]["improved"]
+    else:
+        assert body["stop_reason"] == "rounds" and len(rounds) == 4
+
+
+def test_the_fake_forces_a_round_without_improvement(client: TestClient) -> None:
+    # Fake revisions repeat ("critique 0 of a N-token prompt"), so a second round's revision
+    # scores what the first did, and no_improvement must stop there.
+    generator(client).verdict = "Incorrect"
+    body = client.post(
+        "/refine", json={**ITEM, "rounds": 4, "num_critiques": 1, "stop": "no_improvement"}
+    ).json()
+    assert body["stop_reason"] == "no_improvement" and len(body["rounds"]) <= 3
+
+
+def test_rounds_zero_scores_the_original_only(client: TestClient) -> None:
+    body = client.post("/refine", json={**ITEM, "rounds": 0}).json()
+    assert body["rounds"] == [] and body["stop_reason"] == "rounds"
+    assert body["best"]["round"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"rounds": 5}, "rounds"),
+        ({"rounds": -1}, "rounds"),
+        ({"candidates": 5}, "candidates"),
+        ({"candidates": 0}, "candidates"),
+        ({"num_critiques": 0}, "num_critiques"),
+        ({"num_critiques": 17}, "num_critiques"),
+        ({"max_revision_tokens": 5000}, "max_revision_tokens"),
+        ({"revision_temperature": 9}, "revision_temperature"),
+        ({"stop": "sometimes"}, "stop"),
+        ({"response": "  "}, "response"),
+        ({"prompt": []}, "prompt"),
+        ({"policy": {"url": "http://x"}}, "policy.model"),
+        ({"policy": {"url": "http://x", "model": "m", "api_key": "k"}}, "policy.api_key"),
+        ({"policy": {"url": "http://example.com/v1", "model": "m"}}, "policy.url"),
+    ],
+)
+def test_bad_input_names_the_field(client: TestClient, change: dict[str, Any], field: str) -> None:
+    r = client.post("/refine", json={**ITEM, **change})
+    assert r.status_code in (403, 422), r.text
+    assert r.json()["error"]["field"] == field
+
+
+LIMITS = PolicyLimits(
+    allowlist=("https://policy.example.com/v1", "http://127.0.0.1:9"),
+    allow_private=False,
+    timeout_s=1.0,
+    max_response_bytes=1000,
+    api_key_env=None,
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "gopher://policy.example.com/v1",
+        "https://policy.example.com.evil.test/v1",
+        "https://evil.test/?https://policy.example.com/v1",
+        "https://user:pw@policy.example.com/v1",
+        "https://policy.example.com/v10",
+        "https://policy.example.com/v1/../admin",
+        "https://policy.example.com/v1/%2e%2e/admin",
+        "https://policy.example.com:8443/v1",
+        "http://policy.example.com/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:9",  # allow-listed, but loopback while private addresses are refused
+        "http://[::1]:9",
+        "https://policy.example.com/v1?x=1",
+        "http://[not-an-ip/",
+    ],
+)
+def test_hostile_policy_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_policy_url(url, LIMITS)
+    assert caught.value.field == "policy.url"
+
+
+def test_an_allowed_private_policy_url_passes_only_when_private_addresses_are_allowed() -> None:
+    allowed = PolicyLimits(("http://127.0.0.1:9",), True, 1.0, 1000, None)
+    check_policy_url("http://127.0.0.1:9/v1", allowed)
+    with pytest.raises(InvalidRequest):
+        check_policy_url("http://127.0.0.1:10/v1", allowed)
+    with pytest.raises(InvalidRequest) as caught:
+        check_policy_url("http://127.0.0.1:9/v1", PolicyLimits((), True, 1.0, 1000, None))
+    assert caught.value.status == 403  # no allow-list: external policies are off
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"choices": []}',
+        b'{"choices": [{"message": {"content": 3}}]}',
+        b'{"choices": [{"text": "x"}]}',
+        b"[" * 100_000,
+    ],
+)
+def test_a_malformed_completion_is_a_policy_failure(raw: bytes) -> None:
+    with pytest.raises(PolicyFailure):
+        parse_completions(raw, 1)
+
+
+def test_a_completion_parses_with_its_usage() -> None:
+    raw = json.dumps(
+        {
+            "choices": [
+                {"message": {"role": "assistant", "content": " 4 "}, "finish_reason": "stop"},
+                {"message": {"role": "assistant", "content": "four"}, "finish_reason": "length"},
+            ],
+            "usage": {"completion_tokens": 6},
+        }
+    ).encode()
+    out = parse_completions(raw, 2)
+    assert [(c.text, c.num_tokens, c.finish_reason) for c in out] == [
+        ("4", 3, "stop"),
+        ("four", 3, "length"),
+    ]
+
+
+class _Policy(BaseHTTPRequestHandler):
+    """A local chat-completions endpoint: answers what the test sets on the server."""
+
+    def do_POST(self) -> None:
+        server: Any = self.server
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        server.seen.append((self.path, body, self.headers.get("authorization")))
+        status, payload = server.answer
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_args: Any) -> None:
+        return None
+
+
+@pytest.fixture()
+def policy_server() -> Iterator[Any]:
+    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Policy)
+    server.seen = []
+    server.answer = (200, {"choices": [{"message": {"content": "4"}, "finish_reason": "stop"}]})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_an_external_policy_revises_with_the_operators_key(
+    checkpoint_root: Path, policy_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"http://127.0.0.1:{policy_server.server_address[1]}"
+    monkeypatch.setenv("POLICY_KEY_FOR_TEST", "sk-operator")
+    for c in _client(
+        checkpoint_root,
+        policy_allowlist=[base + "/v1"],
+        policy_allow_private=True,
+        policy_api_key_env="POLICY_KEY_FOR_TEST",
+    ):
+        generator(c).verdict = "Incorrect"
+        policy = {"url": base + "/v1", "model": "policy-under-training"}
+        r = c.post("/refine", json={**ITEM, "rounds": 1, "stop": "never", "policy": policy})
+        assert r.status_code == 200, r.text
+        assert r.json()["rounds"][0]["candidates"][0]["response"] == "4"
+        path, sent, auth = policy_server.seen[-1]
+        assert path == "/v1/chat/completions" and auth == "Bearer sk-operator"
+        assert sent["model"] == "policy-under-training" and sent["n"] == 1
+        roles = [m["role"] for m in sent["messages"]]
+        assert roles == ["user", "assistant", "user"]
+        assert sent["messages"][1]["content"] == ITEM["response"]
+        assert "Overall judgment: Incorrect" in sent["messages"][2]["content"]
+        # A broken policy is a 502 naming it, never a crash; the service goes on.
+        for answer in [(500, {"error": "boom"}), (200, b"{"), (200, b"x" * 5_000_000)]:
+            policy_server.answer = answer
+            r = c.post("/refine", json={**ITEM, "rounds": 1, "stop": "never", "policy": policy})
+            assert r.status_code == 502 and r.json()["error"]["field"] == "policy", r.text
+        assert c.get("/ready").status_code == 200
+        text = c.get("/metrics").text
+        assert "critic_rm_policy_failures_total 3.0" in text
+        assert 'critic_rm_refine_stops_total{reason="rounds"} 1.0' in text
