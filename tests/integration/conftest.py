@@ -25,6 +25,9 @@ from service.engines.config import EngineConfig
 from service.engines.factory import load_formatter
 
 MAX_MODEL_LEN = 1024
+# The port of the session's external /refine policy (a `vllm serve` of the generator view, in
+# test_refine_http.py); the shared gateway allow-lists it from its start.
+POLICY_PORT = 0
 START_TIMEOUT_S = float(os.environ.get("CRM_TEST_START_TIMEOUT_S", "900"))
 
 
@@ -132,6 +135,14 @@ def run_server(checkpoint_root: Path, log: Path, **env_extra: str) -> Iterator[L
             proc.kill()
 
 
+def policy_base_url() -> str:
+    """The allow-listed policy base URL (its port chosen once per session)."""
+    global POLICY_PORT
+    if not POLICY_PORT:
+        POLICY_PORT = free_port()
+    return f"http://127.0.0.1:{POLICY_PORT}/v1"
+
+
 class SharedServer:
     """The session's one gateway, started on first use. A test may change what it serves (it
     puts it back) or stop it (test_engine_lifecycle.py does); the next test that asks for it
@@ -161,7 +172,13 @@ class SharedServer:
         stack = contextlib.ExitStack()
         log = self.logs / f"server-{self.starts}.log"
         self._server = stack.enter_context(
-            run_server(self.root.root, log, CRM_REDIS_URL=self.redis_url)
+            run_server(
+                self.root.root,
+                log,
+                CRM_REDIS_URL=self.redis_url,
+                CRM_POLICY_ALLOWLIST=policy_base_url(),
+                CRM_POLICY_ALLOW_PRIVATE="true",
+            )
         )
         self._running = stack
         return self._server
