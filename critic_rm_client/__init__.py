@@ -18,7 +18,13 @@ deadlines) and ``calls`` (the API calls); the TRL, verl and OpenRLHF reward func
 
 from critic_rm_client.aio import AsyncRewardClient
 from critic_rm_client.build import message_text
-from critic_rm_client.config import ClientConfig, SamplingOptions, ScoreOptions
+from critic_rm_client.config import (
+    ClientConfig,
+    PolicyOption,
+    RefineOptions,
+    SamplingOptions,
+    ScoreOptions,
+)
 from critic_rm_client.errors import (
     CriticRMDeadlineExceeded,
     CriticRMError,
@@ -28,11 +34,15 @@ from critic_rm_client.errors import (
 )
 from critic_rm_client.results import (
     Critique,
+    CritiqueParts,
     CritiqueResult,
     ItemScore,
     Message,
     Prompt,
     ReadyStatus,
+    Refined,
+    RefineResult,
+    RefineRound,
     RewardsResult,
     ScoreItem,
     ScoreItemLike,
@@ -55,11 +65,17 @@ __all__ = [
     "CriticRMUnavailable",
     "CriticRMVersionMismatch",
     "Critique",
+    "CritiqueParts",
     "CritiqueResult",
     "ItemScore",
     "Message",
+    "PolicyOption",
     "Prompt",
     "ReadyStatus",
+    "RefineOptions",
+    "RefineResult",
+    "RefineRound",
+    "Refined",
     "RewardClient",
     "RewardsResult",
     "SamplingOptions",

@@ -15,6 +15,7 @@ from critic_rm_client.results import (
     CritiqueResult,
     Prompt,
     ReadyStatus,
+    RefineResult,
     RewardsResult,
     ScoreItemLike,
     ScoreResult,
@@ -24,7 +25,7 @@ from critic_rm_client.steps import Action, Call, Gather, Send, Sleep, raise_firs
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.config import CritiqueOptions, ScoreOptions
+    from critic_rm_client.config import CritiqueOptions, RefineOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -82,6 +83,18 @@ class AsyncRewardClient:
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards."""
         return await self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))
+
+    async def refine(
+        self,
+        prompt: Prompt,
+        response: str,
+        *,
+        deadline_s: float | None = None,
+        **options: Unpack[RefineOptions],
+    ) -> RefineResult:
+        """Critique-revision rounds over one response (``rounds``, ``candidates``, ``stop``,
+        ``policy``): the best response, the trajectory and why it stopped."""
+        return await self.run(calls.refine(self.config, prompt, response, options, deadline_s))
 
     async def get_reward(
         self,

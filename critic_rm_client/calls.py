@@ -19,6 +19,7 @@ import httpx
 from critic_rm_client.build import chunks, item_json, prompt_json
 from critic_rm_client.config import (
     CRITIQUE_OPTION_NAMES,
+    REFINE_OPTION_NAMES,
     SCORE_OPTION_NAMES,
     ClientConfig,
     option_fields,
@@ -34,6 +35,7 @@ from critic_rm_client.parse import (
     merge,
     merge_rewards,
     ready_status,
+    refine_result,
     rewards_result,
     score_result,
     shift_item_index,
@@ -42,6 +44,7 @@ from critic_rm_client.results import (
     CritiqueResult,
     Prompt,
     ReadyStatus,
+    RefineResult,
     RewardsResult,
     ScoreItemLike,
     ScoreResult,
@@ -102,6 +105,24 @@ def critique(
     body.update(option_fields(options, CRITIQUE_OPTION_NAMES))
     data = yield from request(config, "POST", "/critique", body, budget(config, deadline_s))
     return critique_result(data)
+
+
+def refine(
+    config: ClientConfig,
+    prompt: Prompt,
+    response: str,
+    options: Mapping[str, Any],
+    deadline_s: float | None = None,
+) -> Call[RefineResult]:
+    """``POST /refine``: critique-revision rounds over one response, on one model version."""
+    body: dict[str, Any] = {"prompt": prompt_json(prompt), "response": response}
+    fields = option_fields(options, REFINE_OPTION_NAMES)
+    if "policy" in fields:
+        policy = fields["policy"]
+        fields["policy"] = {"url": str(policy["url"]), "model": str(policy["model"])}
+    body.update(fields)
+    data = yield from request(config, "POST", "/refine", body, budget(config, deadline_s))
+    return refine_result(data)
 
 
 def info(config: ClientConfig, deadline_s: float | None = None) -> Call[dict[str, Any]]:

@@ -127,6 +127,26 @@ class CritiqueOptions(SamplingOptions, total=False):
     format: Literal["text", "structured"] | None
 
 
+class PolicyOption(TypedDict):
+    """An external OpenAI-compatible policy for ``refine``: its base URL (under the service's
+    allow-list) and the model it serves. Its API key is the service operator's, not sent."""
+
+    url: str
+    model: str
+
+
+class RefineOptions(SamplingOptions, total=False):
+    """The options of ``refine``: the sampling options of the critiques, and the loop's."""
+
+    rounds: int | None
+    candidates: int | None
+    num_critiques: int | None
+    stop: Literal["verdict", "no_improvement", "never"] | None
+    max_revision_tokens: int | None
+    revision_temperature: float | None
+    policy: PolicyOption | None
+
+
 class ScoreOptions(SamplingOptions, total=False):
     """The options of ``score``: the sampling options, m (``num_critiques``) and whether to
     return the critique texts."""
@@ -148,6 +168,7 @@ def check_names(given: Iterable[str], known: Collection[str], what: str) -> None
 SAMPLING_OPTION_NAMES: frozenset[str] = SamplingOptions.__optional_keys__
 SCORE_OPTION_NAMES: frozenset[str] = ScoreOptions.__optional_keys__
 CRITIQUE_OPTION_NAMES: frozenset[str] = CritiqueOptions.__optional_keys__
+REFINE_OPTION_NAMES: frozenset[str] = RefineOptions.__optional_keys__
 
 
 def option_fields(options: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:

@@ -15,9 +15,13 @@ import httpx
 from critic_rm_client.errors import CriticRMError, CriticRMHTTPError, describe
 from critic_rm_client.results import (
     Critique,
+    CritiqueParts,
     CritiqueResult,
     ItemScore,
     ReadyStatus,
+    Refined,
+    RefineResult,
+    RefineRound,
     RewardsResult,
     ScoreResult,
     Usage,
@@ -188,6 +192,53 @@ def critique_result(data: Any) -> CritiqueResult:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CriticRMError(f"malformed /critique response: {describe(exc)}") from exc
+
+
+def refine_result(data: Any) -> RefineResult:
+    """A ``/refine`` answer."""
+    try:
+        best = data["best"]
+        return RefineResult(
+            model_version=str(data["model_version"]),
+            best_response=str(best["response"]),
+            best_reward=float(best["reward"]),
+            best_round=int(best["round"]),
+            original=_refined(data["original"]),
+            rounds=[
+                RefineRound(
+                    int(r["round"]),
+                    _parts(r["critique"]),
+                    [_refined(c) for c in r["candidates"]],
+                    bool(r["improved"]),
+                )
+                for r in data["rounds"]
+            ],
+            stop_reason=str(data["stop_reason"]),
+            usage=_usage(data.get("usage")),
+            revision_tokens=int((data.get("usage") or {}).get("revision_tokens", 0)),
+            warnings=[str(w) for w in data.get("warnings", [])],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CriticRMError(f"malformed /refine response: {describe(exc)}") from exc
+
+
+def _parts(c: Mapping[str, Any]) -> CritiqueParts:
+    return CritiqueParts(
+        str(c["text"]),
+        str(c.get("analysis") or ""),
+        str(c.get("suggestions") or ""),
+        _text_or_none(c.get("verdict")),
+    )
+
+
+def _refined(s: Mapping[str, Any]) -> Refined:
+    return Refined(
+        response=str(s["response"]),
+        reward=float(s["reward"]),
+        critique_rewards=[float(x) for x in s.get("critique_rewards", [])],
+        critiques=[_parts(c) for c in s.get("critiques", [])],
+        cached=bool(s.get("cached", False)),
+    )
 
 
 def rewards_result(data: Any, expected: int) -> RewardsResult:

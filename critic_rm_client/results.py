@@ -8,11 +8,15 @@ from typing import Any, TypeAlias
 
 __all__ = [
     "Critique",
+    "CritiqueParts",
     "CritiqueResult",
     "ItemScore",
     "Message",
     "Prompt",
     "ReadyStatus",
+    "RefineResult",
+    "RefineRound",
+    "Refined",
     "RewardsResult",
     "ScoreItem",
     "ScoreItemLike",
@@ -102,6 +106,55 @@ class CritiqueResult:
     reward: float
     cached: bool
     usage: Usage
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class CritiqueParts:
+    """A structured critique: its text, analysis, suggestions and verdict."""
+
+    text: str
+    analysis: str
+    suggestions: str
+    verdict: str | None
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A response of a ``refine`` trajectory with its reward, the m rewards and critiques."""
+
+    response: str
+    reward: float
+    critique_rewards: list[float]
+    critiques: list[CritiqueParts]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class RefineRound:
+    """One critique-revision round: the critique the revisions were written from, the scored
+    revisions, and whether one beat the best response so far."""
+
+    round: int
+    critique: CritiqueParts
+    candidates: list[Refined]
+    improved: bool
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The result of ``refine``: the best response (``best_round`` 0: the original), the whole
+    trajectory, why it stopped, all from one ``model_version``."""
+
+    model_version: str
+    best_response: str
+    best_reward: float
+    best_round: int
+    original: Refined
+    rounds: list[RefineRound]
+    stop_reason: str
+    usage: Usage
+    revision_tokens: int
     warnings: list[str]
 
 

@@ -16,6 +16,7 @@ from critic_rm_client.results import (
     CritiqueResult,
     Prompt,
     ReadyStatus,
+    RefineResult,
     RewardsResult,
     ScoreItemLike,
     ScoreResult,
@@ -25,7 +26,7 @@ from critic_rm_client.steps import Action, Call, Cancelled, Gather, Send, Sleep,
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.config import CritiqueOptions, ScoreOptions
+    from critic_rm_client.config import CritiqueOptions, RefineOptions, ScoreOptions
 
 T = TypeVar("T")
 
@@ -89,6 +90,18 @@ class RewardClient:
     ) -> CritiqueResult:
         """Sample ``n`` critiques of one response and their rewards (why the reward is what it is)."""
         return self.run(calls.critique(self.config, prompt, response, n, options, deadline_s))
+
+    def refine(
+        self,
+        prompt: Prompt,
+        response: str,
+        *,
+        deadline_s: float | None = None,
+        **options: Unpack[RefineOptions],
+    ) -> RefineResult:
+        """Critique-revision rounds over one response (``rounds``, ``candidates``, ``stop``,
+        ``policy``): the best response, the trajectory and why it stopped."""
+        return self.run(calls.refine(self.config, prompt, response, options, deadline_s))
 
     def get_reward(
         self,

@@ -10,14 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from critic_rm_client import AsyncRewardClient, RewardClient
 from service.app import create_app
 from service.contract.options import PolicyLimits
 from service.scoring.errors import InvalidRequest, PolicyFailure
 from service.scoring.policy import check_policy_url, parse_completions
-from tests.fakes import FakeGenerator, loader_for, wait_ready
+from tests.fakes import FakeGenerator, loader_for, running, wait_ready
 from tests.unit.test_gateway import make_settings
 
 ITEM = {"prompt": "What is 2+2?", "response": "5"}
@@ -284,3 +286,35 @@ def test_an_external_policy_revises_with_the_operators_key(
         text = c.get("/metrics").text
         assert "critic_rm_policy_failures_total 3.0" in text
         assert 'critic_rm_refine_stops_total{reason="rounds"} 1.0' in text
+
+
+async def test_the_clients_refine_reads_the_gateways_answer(checkpoint_root: Path) -> None:
+    app = create_app(make_settings(checkpoint_root), loader_for(checkpoint_root))
+    async with running(app):
+        app.state.service.runtime.generator.verdict = "Incorrect"
+        served = app.state.service.runtime.model_version
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncRewardClient("http://t", transport=transport) as rm:
+            out = await rm.refine(
+                [{"role": "user", "content": "What is 2+2?"}],
+                "5",
+                rounds=2,
+                candidates=2,
+                num_critiques=2,
+                stop="never",
+            )
+            with pytest.raises(TypeError, match=r"'round'.*'rounds'"):
+                await rm.refine("q", "r", round=2)  # type: ignore[call-arg]
+    assert out.stop_reason == "rounds" and [r.round for r in out.rounds] == [1, 2]
+    assert out.model_version == served
+    assert all(len(r.candidates) == 2 for r in out.rounds)
+    assert out.original.response == "5" and len(out.original.critiques) == 2
+    assert out.rounds[0].critique.verdict == "Incorrect"
+    seen = [out.original, *[c for r in out.rounds for c in r.candidates]]
+    assert out.best_reward == max(s.reward for s in seen)
+    assert out.revision_tokens == 2 * (5 + 6) and out.usage.critique_tokens > 0
+
+
+def test_the_sync_client_checks_refine_option_names() -> None:
+    with RewardClient("http://127.0.0.1:9") as rm, pytest.raises(TypeError, match="'stop'"):
+        rm.refine("q", "r", stopp="never")  # type: ignore[call-arg]

@@ -107,6 +107,33 @@ async def test_reload_under_load_never_fails_or_mixes_versions(
     assert swap_s < 5
 
 
+async def test_a_refine_runs_wholly_on_the_version_it_started_on(
+    two_versions: tuple[Path, str, str],
+) -> None:
+    root, v1, v2 = two_versions
+    app = make_app(root, reload_poll_s=0)
+    async with running(app) as c:
+        gen = app.state.service.runtime.generator
+        gen.verdict, gen.delay_s = "Incorrect", 0.2  # 11 generator calls: about 2 s
+        body = {"prompt": "q", "response": "a", "rounds": 3, "stop": "never", "use_cache": False}
+        refine = asyncio.ensure_future(c.post("/refine", json=body))
+        await asyncio.sleep(0.2)  # a round or two in
+        r = await c.post("/admin/reload", json={"version": v2})
+        assert r.status_code == 200, r.text
+        assert not refine.done()  # the swap landed mid-refine
+        out = (await refine).json()
+        after = (await c.post("/refine", json={**body, "rounds": 1})).json()
+    assert out["model_version"] == v1 and len(out["rounds"]) == 3
+    texts = [c["text"] for s in [out["original"]] for c in s["critiques"]]
+    for r_ in out["rounds"]:
+        texts.append(r_["critique"]["text"])
+        for cand in r_["candidates"]:
+            texts += [cand["response"], *[c["text"] for c in cand["critiques"]]]
+    # Critiques and revisions (the served generator is the policy) all come from v1.
+    assert all(f"by {v1}" in t and f"by {v2}" not in t for t in texts), texts
+    assert after["model_version"] == v2
+
+
 async def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(
     two_versions: tuple[Path, str, str],
 ) -> None:
