@@ -113,6 +113,8 @@ def drive(c: TestClient) -> str:
     other = {"prompt": "Name a prime.", "response": "7"}
     assert c.post("/score", json={"items": [other, ITEM], "num_critiques": 0}).status_code == 200
     assert c.post("/critique", json={**ITEM, "n": 3}).status_code == 200
+    refine = {**ITEM, "rounds": 1, "stop": "never", "num_critiques": 1}
+    assert c.post("/refine", json=refine).status_code == 200
     assert c.post("/score", json={"items": []}).status_code == 422
     gen = c.app.state.service.runtime.generator  # type: ignore[attr-defined]
     gen.fail_next = 1
