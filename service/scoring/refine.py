@@ -52,10 +52,13 @@ class Scored:
         votes = sum(c.verdict == "Correct" for c in self.critiques)
         return votes * 2 > len(self.critiques)
 
-    def critique_to_act_on(self) -> StructuredCritique:
-        """The critique the policy revises with: the first that found the response wrong."""
+    def critique_to_act_on(self, attempt: int = 0) -> StructuredCritique:
+        """The critique the policy revises with: the first that found the response wrong; on
+        the `attempt`-th round in a row on the same best response, the next such one (cycling),
+        so a round that did not help is not repeated with the same critique."""
         wrong = [c for c in self.critiques if c.verdict == "Incorrect"]
-        return (wrong or self.critiques)[0]
+        pool = wrong or self.critiques
+        return pool[attempt % len(pool)]
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Refiner:
             if opts.stop == "verdict" and best.judged_correct:
                 reason = "verdict"
                 break
-            critique = best.critique_to_act_on()
+            critique = best.critique_to_act_on(number - 1 - best_round)
             texts = await self._revise(
                 policy, revision_messages(messages, best.response, critique.text), opts, deadline
             )

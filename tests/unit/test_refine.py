@@ -318,3 +318,21 @@ async def test_the_clients_refine_reads_the_gateways_answer(checkpoint_root: Pat
 def test_the_sync_client_checks_refine_option_names() -> None:
     with RewardClient("http://127.0.0.1:9") as rm, pytest.raises(TypeError, match="'stop'"):
         rm.refine("q", "r", stopp="never")  # type: ignore[call-arg]
+
+
+def test_a_round_that_did_not_help_is_not_repeated_with_the_same_critique(
+    client: TestClient,
+) -> None:
+    generator(client).verdict = "Incorrect"
+    body = client.post(
+        "/refine", json={**ITEM, "rounds": 4, "num_critiques": 2, "stop": "never"}
+    ).json()
+    best_round = 0
+    for r in body["rounds"]:
+        scored = body["original"] if best_round == 0 else body["rounds"][best_round - 1]
+        best = scored if best_round == 0 else max(scored["candidates"], key=lambda c: c["reward"])
+        attempt = r["round"] - 1 - best_round
+        # The critiques of the best, in order; the round uses the attempt-th, cycling.
+        assert r["critique"]["text"] == best["critiques"][attempt % 2]["text"]
+        if r["improved"]:
+            best_round = r["round"]
