@@ -20,7 +20,7 @@ from service.contract.revision import revision_messages
 from service.engines.base import Critique
 from service.model.runtime import ModelRuntime
 from service.scoring.core import RewardService
-from service.scoring.errors import DeadlineExceeded, PolicyFailure
+from service.scoring.errors import DeadlineExceeded, InvalidRequest, PolicyFailure
 from service.scoring.policy import Policy, RevisionSpec
 
 StopRule = Literal["verdict", "no_improvement", "never"]
@@ -118,9 +118,13 @@ class Refiner:
         metrics = self.service.metrics
         usage = RefineUsage()
         warnings: list[str] = []
-        original = (
-            await self._score(prompt, [response], opts, runtime, deadline, usage, warnings)
-        )[0]
+        try:
+            first = await self._score(prompt, [response], opts, runtime, deadline, usage, warnings)
+        except InvalidRequest as exc:
+            # The request's own field names, not those of the /score item it was sent as.
+            field = exc.field.removeprefix("items[0].")
+            raise InvalidRequest(field, exc.message, exc.status) from None
+        original = first[0]
         best, best_round = original, 0
         rounds: list[RefineRound] = []
         reason: StopReason = "rounds"

@@ -63,6 +63,8 @@ def test_a_huge_prompt_is_refused_before_tokenizing(client: TestClient) -> None:
             "items[0].prompt",
         ),
         ("/get_reward", {"query": [huge]}, "query[0]"),
+        ("/refine", {"prompt": huge, "response": "a"}, "prompt"),
+        ("/refine", {"prompt": "q", "response": huge}, "response"),
     ]
     for path, body, field in cases:
         t0 = time.monotonic()

@@ -26,7 +26,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 README_HOST = re.compile(r"^(?:https?://)?localhost:8000(?P<path>/\S*)$")
 # Lists whose length the request does not fix: their elements are compared with the first shown.
-FREE_LENGTH = {"warnings"}
+# Lists whose length depends on the run (a /refine stops early, a round may keep no revision).
+FREE_LENGTH = {"warnings", "rounds", "candidates"}
 # Answers that tell the server's history (the last reload: ok or failed, each with its own
 # fields), not what the request asked: only checked to be an object or null.
 HISTORY = {"$.reload.last"}

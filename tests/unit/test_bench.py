@@ -83,3 +83,37 @@ def test_workload_pairs_are_distinct_and_about_200_tokens(
     assert len({p.prompt for p in pairs}) == 16
     lengths = [len(tok(p.prompt + " " + p.response)["input_ids"]) for p in pairs]
     assert all(150 <= n <= 250 for n in lengths), lengths
+
+
+def test_the_refine_curve_reads_best_and_latest_from_one_trajectory() -> None:
+    from loadtests.bench_refine import best_after, latest_after, wilson
+
+    def scored(text: str, reward: float) -> dict[str, object]:
+        return {"response": text, "reward": reward}
+
+    body = {
+        "original": scored("y0", 1.0),
+        "rounds": [
+            {"candidates": [scored("y1", 0.5)]},
+            {"candidates": [scored("y2", 2.0), scored("y2b", 3.0)]},
+            {"candidates": []},
+            {"candidates": [scored("y4", 2.5)]},
+        ],
+    }
+    assert [best_after(body, k)["response"] for k in (0, 1, 2, 3, 4)] == [
+        "y0",
+        "y0",
+        "y2b",
+        "y2b",
+        "y2b",
+    ]
+    # The latest revision: the first candidate of round k; a round without one keeps the last.
+    assert [latest_after(body, k)["response"] for k in (0, 1, 2, 3, 4)] == [
+        "y0",
+        "y1",
+        "y2",
+        "y2",
+        "y4",
+    ]
+    lo, hi = wilson(5, 10)
+    assert lo < 0.5 < hi and wilson(0, 10)[0] == 0.0

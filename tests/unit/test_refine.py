@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -231,9 +232,14 @@ class _Policy(BaseHTTPRequestHandler):
         server: Any = self.server
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         server.seen.append((self.path, body, self.headers.get("authorization")))
+        if server.answer == "hang":
+            time.sleep(3)  # longer than the service's policy timeout
+            server.answer = (200, {"choices": [{"message": {"content": "late"}}]})
         status, payload = server.answer
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
+        if 300 <= status < 400:  # a redirect to the cloud metadata address: never followed
+            self.send_header("location", "http://169.254.169.254/latest/meta-data")
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -264,6 +270,7 @@ def test_an_external_policy_revises_with_the_operators_key(
         policy_allowlist=[base + "/v1"],
         policy_allow_private=True,
         policy_api_key_env="POLICY_KEY_FOR_TEST",
+        policy_timeout_s=1.0,
     ):
         generator(c).verdict = "Incorrect"
         policy = {"url": base + "/v1", "model": "policy-under-training"}
@@ -278,13 +285,14 @@ def test_an_external_policy_revises_with_the_operators_key(
         assert sent["messages"][1]["content"] == ITEM["response"]
         assert "Overall judgment: Incorrect" in sent["messages"][2]["content"]
         # A broken policy is a 502 naming it, never a crash; the service goes on.
-        for answer in [(500, {"error": "boom"}), (200, b"{"), (200, b"x" * 5_000_000)]:
+        answers = [(500, {"error": "boom"}), (200, b"{"), (200, b"x" * 5_000_000), (302, b"")]
+        for answer in [*answers, "hang"]:
             policy_server.answer = answer
             r = c.post("/refine", json={**ITEM, "rounds": 1, "stop": "never", "policy": policy})
             assert r.status_code == 502 and r.json()["error"]["field"] == "policy", r.text
         assert c.get("/ready").status_code == 200
         text = c.get("/metrics").text
-        assert "critic_rm_policy_failures_total 3.0" in text
+        assert "critic_rm_policy_failures_total 5.0" in text
         assert 'critic_rm_refine_stops_total{reason="rounds"} 1.0' in text
 
 
