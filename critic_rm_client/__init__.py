@@ -20,6 +20,7 @@ from critic_rm_client.aio import AsyncRewardClient
 from critic_rm_client.build import message_text
 from critic_rm_client.config import (
     ClientConfig,
+    CompareOptions,
     PolicyOption,
     RefineOptions,
     SamplingOptions,
@@ -33,11 +34,13 @@ from critic_rm_client.errors import (
     CriticRMVersionMismatch,
 )
 from critic_rm_client.results import (
+    CompareResult,
     Critique,
     CritiqueParts,
     CritiqueResult,
     ItemScore,
     Message,
+    PairJudgment,
     Prompt,
     ReadyStatus,
     Refined,
@@ -58,6 +61,8 @@ __all__ = [
     "AsyncCriticRMClient",
     "AsyncRewardClient",
     "ClientConfig",
+    "CompareOptions",
+    "CompareResult",
     "CriticRMClient",
     "CriticRMDeadlineExceeded",
     "CriticRMError",
@@ -69,6 +74,7 @@ __all__ = [
     "CritiqueResult",
     "ItemScore",
     "Message",
+    "PairJudgment",
     "PolicyOption",
     "Prompt",
     "ReadyStatus",

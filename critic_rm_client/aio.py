@@ -12,6 +12,7 @@ import httpx
 from critic_rm_client import calls
 from critic_rm_client.config import ClientConfig
 from critic_rm_client.results import (
+    CompareResult,
     CritiqueResult,
     Prompt,
     ReadyStatus,
@@ -25,7 +26,12 @@ from critic_rm_client.steps import Action, Call, Gather, Send, Sleep, raise_firs
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from critic_rm_client.config import CritiqueOptions, RefineOptions, ScoreOptions
+    from critic_rm_client.config import (
+        CompareOptions,
+        CritiqueOptions,
+        RefineOptions,
+        ScoreOptions,
+    )
 
 T = TypeVar("T")
 
@@ -95,6 +101,18 @@ class AsyncRewardClient:
         """Critique-revision rounds over one response (``rounds``, ``candidates``, ``stop``,
         ``policy``): the best response, the trajectory and why it stopped."""
         return await self.run(calls.refine(self.config, prompt, response, options, deadline_s))
+
+    async def compare(
+        self,
+        prompt: Prompt,
+        responses: Sequence[str],
+        *,
+        deadline_s: float | None = None,
+        **options: Unpack[CompareOptions],
+    ) -> CompareResult:
+        """Judge every pair of 2-4 responses through criteria, rubrics and scores, in both
+        orders (``criteria``, ``num_criteria``, ``samples``); a ranking for more than two."""
+        return await self.run(calls.compare(self.config, prompt, responses, options, deadline_s))
 
     async def get_reward(
         self,

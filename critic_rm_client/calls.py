@@ -18,6 +18,7 @@ import httpx
 
 from critic_rm_client.build import chunks, item_json, prompt_json
 from critic_rm_client.config import (
+    COMPARE_OPTION_NAMES,
     CRITIQUE_OPTION_NAMES,
     REFINE_OPTION_NAMES,
     SCORE_OPTION_NAMES,
@@ -31,6 +32,7 @@ from critic_rm_client.errors import (
     CriticRMVersionMismatch,
 )
 from critic_rm_client.parse import (
+    compare_result,
     critique_result,
     merge,
     merge_rewards,
@@ -41,6 +43,7 @@ from critic_rm_client.parse import (
     shift_item_index,
 )
 from critic_rm_client.results import (
+    CompareResult,
     CritiqueResult,
     Prompt,
     ReadyStatus,
@@ -123,6 +126,22 @@ def refine(
     body.update(fields)
     data = yield from request(config, "POST", "/refine", body, budget(config, deadline_s))
     return refine_result(data)
+
+
+def compare(
+    config: ClientConfig,
+    prompt: Prompt,
+    responses: Sequence[str],
+    options: Mapping[str, Any],
+    deadline_s: float | None = None,
+) -> Call[CompareResult]:
+    """``POST /compare``: every pair of 2-4 responses judged in both orders."""
+    if not 2 <= len(responses) <= 4:
+        raise ValueError(f"compare() takes 2 to 4 responses, got {len(responses)}")
+    body: dict[str, Any] = {"prompt": prompt_json(prompt), "responses": list(responses)}
+    body.update(option_fields(options, COMPARE_OPTION_NAMES))
+    data = yield from request(config, "POST", "/compare", body, budget(config, deadline_s))
+    return compare_result(data, len(responses))
 
 
 def info(config: ClientConfig, deadline_s: float | None = None) -> Call[dict[str, Any]]:

@@ -147,6 +147,17 @@ class RefineOptions(SamplingOptions, total=False):
     policy: PolicyOption | None
 
 
+class CompareOptions(TypedDict, total=False):
+    """The options of ``compare``; unset ones take the service's defaults."""
+
+    criteria: list[str] | None
+    num_criteria: int | None
+    samples: int | None
+    temperature: float | None
+    top_p: float | None
+    max_rubric_tokens: int | None
+
+
 class ScoreOptions(SamplingOptions, total=False):
     """The options of ``score``: the sampling options, m (``num_critiques``) and whether to
     return the critique texts."""
@@ -169,6 +180,7 @@ SAMPLING_OPTION_NAMES: frozenset[str] = SamplingOptions.__optional_keys__
 SCORE_OPTION_NAMES: frozenset[str] = ScoreOptions.__optional_keys__
 CRITIQUE_OPTION_NAMES: frozenset[str] = CritiqueOptions.__optional_keys__
 REFINE_OPTION_NAMES: frozenset[str] = RefineOptions.__optional_keys__
+COMPARE_OPTION_NAMES: frozenset[str] = CompareOptions.__optional_keys__
 
 
 def option_fields(options: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:

@@ -14,10 +14,12 @@ import httpx
 
 from critic_rm_client.errors import CriticRMError, CriticRMHTTPError, describe
 from critic_rm_client.results import (
+    CompareResult,
     Critique,
     CritiqueParts,
     CritiqueResult,
     ItemScore,
+    PairJudgment,
     ReadyStatus,
     Refined,
     RefineResult,
@@ -220,6 +222,40 @@ def refine_result(data: Any) -> RefineResult:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CriticRMError(f"malformed /refine response: {describe(exc)}") from exc
+
+
+def compare_result(data: Any, n_responses: int) -> CompareResult:
+    """A ``/compare`` answer for ``n_responses`` responses."""
+    try:
+        pairs = [
+            PairJudgment(
+                a=int(p["a"]),
+                b=int(p["b"]),
+                preference=str(p["preference"]),
+                p_a=float(p["p_a"]),
+                bt_p_a=float(p["bt_p_a"]),
+                votes={str(k): int(v) for k, v in (p.get("votes") or {}).items()},
+                consistency=float(p.get("consistency", 0.0)),
+                position_disagreement=bool(p.get("position_disagreement", False)),
+                identical=bool(p.get("identical", False)),
+                trajectories=[dict(t) for t in p.get("trajectories") or []],
+            )
+            for p in data["pairs"]
+        ]
+        ranking = data.get("ranking")
+        out = CompareResult(
+            model_version=str(data["model_version"]),
+            pairs=pairs,
+            ranking=None if ranking is None else [int(i) for i in ranking],
+            rewards=[float(r) for r in data["rewards"]],
+            judge_tokens=int((data.get("usage") or {}).get("judge_tokens", 0)),
+            warnings=[str(w) for w in data.get("warnings", [])],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CriticRMError(f"malformed /compare response: {describe(exc)}") from exc
+    if len(out.rewards) != n_responses:
+        raise CriticRMError(f"/compare returned {len(out.rewards)} rewards for {n_responses}")
+    return out
 
 
 def _parts(c: Mapping[str, Any]) -> CritiqueParts:

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 __all__ = [
+    "CompareResult",
     "Critique",
     "CritiqueParts",
     "CritiqueResult",
     "ItemScore",
     "Message",
+    "PairJudgment",
     "Prompt",
     "ReadyStatus",
     "RefineResult",
@@ -155,6 +157,38 @@ class RefineResult:
     stop_reason: str
     usage: Usage
     revision_tokens: int
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class PairJudgment:
+    """The judgment of responses ``a`` and ``b`` (indices into the responses sent): the
+    preference (``"A"`` for ``a``, ``"B"``, ``"tie"``), p(``a`` better), the reward head's
+    Bradley-Terry probability beside it, the votes of the trajectories (both orders), and each
+    trajectory's ranked criteria with their rubrics and scores as the service returned them."""
+
+    a: int
+    b: int
+    preference: str
+    p_a: float
+    bt_p_a: float
+    votes: dict[str, int]
+    consistency: float
+    position_disagreement: bool
+    identical: bool
+    trajectories: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """The result of ``compare``: every pair, the ranking (more than two responses), the m = 0
+    rewards, all from one ``model_version``."""
+
+    model_version: str
+    pairs: list[PairJudgment]
+    ranking: list[int] | None
+    rewards: list[float]
+    judge_tokens: int
     warnings: list[str]
 
 

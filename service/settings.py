@@ -119,6 +119,14 @@ class Settings(BaseSettings):
         "(sent as a bearer token; never taken from a request).",
     )
 
+    # --- /compare
+    max_compare_samples: int = Field(
+        8, ge=1, description="Largest `samples` (judgment trajectories per order) of a /compare."
+    )
+    max_criteria: int = Field(
+        8, ge=1, description="Largest number of criteria a /compare may give or ask for."
+    )
+
     # --- micro-batcher
     batch_max_items: int = Field(64, ge=1, description="Items per engine batch.")
     batch_max_tokens: int = Field(

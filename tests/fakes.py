@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.checkpoint.critique_format import VERDICT_REGEX
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.contract.judging import SCORE_REGEX
 from service.engines.base import Critique, EngineStats, SamplingSpec
 from service.engines.factory import load_formatter
 from service.model.runtime import ModelRuntime
@@ -35,6 +36,8 @@ class FakeGenerator:
     dead: bool = False
     # Every constrained verdict says this (None: by the prompt length's parity).
     verdict: str | None = None
+    # Every constrained 1-5 score says this (None: by the prompt length).
+    score: int | None = None
 
     async def generate(
         self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
@@ -49,16 +52,23 @@ class FakeGenerator:
             self.fail_next -= 1
             raise RuntimeError("generator exploded")
         outs = [
-            [
-                # A constrained verdict answers within its regex, as the real engine does.
-                Critique(self.verdict or ("Incorrect" if len(p) % 2 else "Correct"), 2, "stop")
-                if s.regex == VERDICT_REGEX
-                else Critique(f"critique {j} of a {len(p)}-token prompt{self.tag}", 5 + j, "stop")
-                for j in range(s.n)
-            ]
-            for p, s in zip(prompts, specs, strict=True)
+            [self._answer(p, s, j) for j in range(s.n)] for p, s in zip(prompts, specs, strict=True)
         ]
         return outs, EngineStats(prompt_tokens=sum(map(len, prompts)))
+
+    def _answer(self, prompt: list[int], spec: SamplingSpec, j: int) -> Critique:
+        # A constrained request answers within its regex, as the real engine does.
+        if spec.regex == VERDICT_REGEX:
+            return Critique(
+                self.verdict or ("Incorrect" if len(prompt) % 2 else "Correct"), 2, "stop"
+            )
+        if spec.regex == SCORE_REGEX:
+            return Critique(str(self.score or (len(prompt) % 5 + 1)), 1, "stop")
+        if spec.regex is not None and spec.regex.startswith("(- "):
+            k = int(spec.regex.rsplit("{", 1)[1].rstrip("}"))
+            names = ["accuracy", "clarity", "completeness", "brevity", "safety", "style"]
+            return Critique("".join(f"- {n} {j}\n" for n in names[:k]), 4 * k, "stop")
+        return Critique(f"critique {j} of a {len(prompt)}-token prompt{self.tag}", 5 + j, "stop")
 
     async def check_health(self) -> None:
         if self.dead:

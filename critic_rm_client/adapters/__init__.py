@@ -28,7 +28,8 @@ in each process (and, for the async path, once per event loop), so they can be s
 multiprocessing workers.
 
 The modules, each importing only those before it: ``base`` (options, settings, the shared
-``RewardFunction``, the empty-response reward), ``trl``, ``verl`` (with the module-level entry
+``RewardFunction``, the empty-response reward), ``trl``, ``trl_judge`` (TRL's pairwise judge over
+``/compare``), ``verl`` (with the module-level entry
 points verl loads from this package), ``openrlhf``, and ``factory`` (``make_reward_function``).
 """
 
@@ -41,6 +42,7 @@ from critic_rm_client.adapters.base import (
 from critic_rm_client.adapters.factory import make_reward_function
 from critic_rm_client.adapters.openrlhf import OpenRLHFRewardFunc, make_openrlhf_reward_func
 from critic_rm_client.adapters.trl import TRLRewardFunc, make_trl_reward_func
+from critic_rm_client.adapters.trl_judge import TRLPairwiseJudge, make_trl_pairwise_judge
 from critic_rm_client.adapters.verl import (
     VerlBatchComputeScore,
     VerlComputeScore,
@@ -56,6 +58,7 @@ __all__ = [
     "OpenRLHFRewardFunc",
     "RewardFunction",
     "RewardSettings",
+    "TRLPairwiseJudge",
     "TRLRewardFunc",
     "VerlBatchComputeScore",
     "VerlComputeScore",
@@ -65,6 +68,7 @@ __all__ = [
     "empty_reward_from_info",
     "make_openrlhf_reward_func",
     "make_reward_function",
+    "make_trl_pairwise_judge",
     "make_trl_reward_func",
     "make_verl_batch_compute_score",
     "make_verl_compute_score",

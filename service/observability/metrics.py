@@ -142,6 +142,24 @@ class Metrics:
             buckets=(-1.0, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
             registry=r,
         )
+        # /compare: verdicts, the trajectories' votes, and pairs whose two orders disagreed.
+        self.compare_pairs = Counter(
+            "critic_rm_compare_pairs",
+            "Pairs judged by /compare, by verdict (A, B, tie, identical: a tie without judging).",
+            ["result"],
+            registry=r,
+        )
+        self.compare_votes = Counter(
+            "critic_rm_compare_votes",
+            "Judgment trajectories of /compare, by the vote each cast (A, B, tie).",
+            ["vote"],
+            registry=r,
+        )
+        self.compare_position_disagreements = Counter(
+            "critic_rm_compare_position_disagreements",
+            "Pairs whose verdict flipped with the presentation order (answered as a tie).",
+            registry=r,
+        )
         self.policy_failures = Counter(
             "critic_rm_policy_failures",
             "External /refine policy calls that failed (timeout, refused, malformed answer).",

@@ -115,6 +115,10 @@ def drive(c: TestClient) -> str:
     assert c.post("/critique", json={**ITEM, "n": 3}).status_code == 200
     refine = {**ITEM, "rounds": 1, "stop": "never", "num_critiques": 1}
     assert c.post("/refine", json=refine).status_code == 200
+    pair = {"prompt": ITEM["prompt"], "responses": ["4", "5"], "num_criteria": 1}
+    assert c.post("/compare", json=pair).status_code == 200
+    same = {"prompt": ITEM["prompt"], "responses": ["4", "4"]}
+    assert c.post("/compare", json=same).status_code == 200
     assert c.post("/score", json={"items": []}).status_code == 422
     gen = c.app.state.service.runtime.generator  # type: ignore[attr-defined]
     gen.fail_next = 1

@@ -260,12 +260,22 @@ def unavailable(status: int = 503, retry_after: str = "0.01") -> Any:
 @contextlib.contextmanager
 def live_server(rm: FakeRM) -> Iterator[str]:
     """The fake on a real loopback socket (for the timeouts, which ASGI transports ignore)."""
+    with serve_app(make_app(rm), lifespan="off") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_app(app: FastAPI, lifespan: str = "on") -> Iterator[str]:
+    """`app` on a real loopback socket, in a thread of its own (its own event loop)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        make_app(rm), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+        app,
+        log_level="warning",
+        lifespan=lifespan,
+        timeout_graceful_shutdown=1,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -273,7 +283,7 @@ def live_server(rm: FakeRM) -> Iterator[str]:
     try:
         end = time.monotonic() + 10
         while not server.started:
-            assert time.monotonic() < end and thread.is_alive(), "fake server did not start"
+            assert time.monotonic() < end and thread.is_alive(), "server did not start"
             time.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:

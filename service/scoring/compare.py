@@ -1,0 +1,263 @@
+"""/compare: SyncPL's criteria judgment of every pair of 2-4 responses, in both orders.
+
+One generator call samples the criteria (`samples` trajectories; skipped when the request gives
+them), one writes a rubric per criterion and trajectory, one decodes every score under the 1-5
+constraint (each pair, both orders, each trajectory and criterion, A and B). The voting rules
+are service.scoring.voting's; beside each verdict, the reward head's Bradley-Terry probability
+sigmoid(r_A - r_B) from m = 0 rewards scored through the batcher like /score. Identical
+responses are a tie without generation (GRPO groups repeat responses). The whole call runs on
+one model version and counts once for the drain."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.contract.formatting import InputTooLongError, Message, normalize_prompt
+from service.contract.judging import (
+    FALLBACK_CRITERIA,
+    SCORE_MAX_TOKENS,
+    SCORE_REGEX,
+    criteria_chat,
+    criteria_regex,
+    parse_criteria,
+    parse_score,
+    rubric_chat,
+    score_chat,
+)
+from service.contract.options import ScoreOptions
+from service.engines.base import Critique, SamplingSpec
+from service.model.runtime import ModelRuntime
+from service.scoring.core import RewardService
+from service.scoring.errors import DeadlineExceeded, InvalidRequest
+from service.scoring.voting import (
+    CriterionScores,
+    PairVerdict,
+    Trajectory,
+    identical_pair,
+    judge_pair,
+    ranking,
+)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    num_criteria: int
+    samples: int
+    criteria: tuple[str, ...] | None  # given by the request: not generated
+    temperature: float
+    top_p: float
+    rubric_tokens: int
+
+
+@dataclass(frozen=True)
+class PairResult:
+    a: int
+    b: int
+    verdict: PairVerdict
+    trajectories: list[Trajectory]
+    bt_p_a: float
+    identical: bool
+
+
+@dataclass
+class CompareOutcome:
+    model_version: str
+    pairs: list[PairResult]
+    ranking: list[int] | None
+    rewards: list[float]
+    judge_tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def sigmoid(x: float) -> float:
+    """Without overflow for any finite reward difference."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class Comparer:
+    """Runs /compare requests on the service's engines."""
+
+    def __init__(self, service: RewardService) -> None:
+        self.service = service
+
+    async def compare(
+        self,
+        prompt: str | Sequence[Message],
+        responses: list[str],
+        opts: CompareOptions,
+        runtime: ModelRuntime,
+        deadline: float | None = None,
+    ) -> CompareOutcome:
+        with self.service.tracked(), runtime.use():
+            return await self._compare(prompt, responses, opts, runtime, deadline)
+
+    async def _compare(
+        self,
+        prompt: str | Sequence[Message],
+        responses: list[str],
+        opts: CompareOptions,
+        runtime: ModelRuntime,
+        deadline: float | None,
+    ) -> CompareOutcome:
+        fmt = runtime.formatter
+        for i, r in enumerate(responses):
+            try:
+                fmt.check_length(prompt, r, False)
+            except InputTooLongError as exc:
+                name = "prompt" if exc.field == "prompt" else f"responses[{i}]"
+                raise InvalidRequest(name, str(exc)) from None
+        messages = [
+            {"role": m["role"], "content": fmt.neutralise(m["content"])}
+            for m in normalize_prompt(prompt)
+        ]
+        texts = [fmt.neutralise(r) for r in responses]
+        # m = 0 rewards through the batcher, for the Bradley-Terry probability beside each pair.
+        m0 = ScoreOptions(0, opts.temperature, opts.top_p, 1)
+        scored = await self.service.score([(prompt, r) for r in responses], m0, deadline, runtime)
+        rewards = [s.result.reward for s in scored.items]
+        out = CompareOutcome(runtime.model_version, [], None, rewards, warnings=scored.warnings)
+        pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))]
+        distinct = [(i, j) for i, j in pairs if texts[i].strip() != texts[j].strip()]
+        scores: dict[tuple[int, int], list[Trajectory]] = {}
+        if distinct:  # only identical pairs: nothing to judge, no generation
+            criteria = await self._criteria(messages, opts, runtime, deadline, out)
+            rubrics = await self._rubrics(messages, criteria, opts, runtime, deadline, out)
+            scores = await self._scores(
+                messages, texts, distinct, criteria, rubrics, runtime, deadline, out
+            )
+        metrics = self.service.metrics
+        verdicts: dict[tuple[int, int], PairVerdict] = {}
+        for i, j in pairs:
+            bt = sigmoid(rewards[i] - rewards[j])
+            if (i, j) not in scores:
+                verdicts[(i, j)] = identical_pair()
+                out.pairs.append(PairResult(i, j, verdicts[(i, j)], [], bt, identical=True))
+                metrics.compare_pairs.labels("identical").inc()
+                continue
+            trajectories = scores[(i, j)]
+            verdict = judge_pair(trajectories)
+            verdicts[(i, j)] = verdict
+            out.pairs.append(PairResult(i, j, verdict, trajectories, bt, identical=False))
+            metrics.compare_pairs.labels(verdict.preference).inc()
+            for vote, count in verdict.votes.items():
+                metrics.compare_votes.labels(vote).inc(count)
+            if verdict.position_disagreement:
+                metrics.compare_position_disagreements.inc()
+        if len(texts) > 2:
+            out.ranking = ranking(len(texts), verdicts)
+        return out
+
+    async def _generate(
+        self,
+        runtime: ModelRuntime,
+        chats: list[list[Message]],
+        spec: SamplingSpec,
+        deadline: float | None,
+        out: CompareOutcome,
+    ) -> list[list[Critique]]:
+        if not chats:
+            return []
+        self.service.admission.admit(1)  # judge calls bypass the queue: refuse them under load
+        fmt = runtime.formatter
+        ids = await asyncio.to_thread(
+            lambda: [fmt.chat_ids(c, add_generation_prompt=True) for c in chats]
+        )
+        longest = max(len(i) for i in ids)
+        if longest + spec.max_tokens > fmt.max_model_len:
+            raise InvalidRequest(
+                "responses",
+                f"a judgment prompt needs {longest + spec.max_tokens} tokens; the model "
+                f"context is {fmt.max_model_len} (shorten the responses or the prompt)",
+            )
+        timeout = None
+        if deadline is not None:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            outs, _ = await asyncio.wait_for(
+                runtime.generator.generate(ids, [spec] * len(ids)), timeout
+            )
+        except asyncio.TimeoutError:
+            self.service.metrics.request_failures.labels("deadline").inc()
+            raise DeadlineExceeded(
+                "the judgment was not ready within the request deadline"
+            ) from None
+        out.judge_tokens += sum(c.num_tokens for row in outs for c in row)
+        return outs
+
+    async def _criteria(
+        self,
+        messages: list[Message],
+        opts: CompareOptions,
+        runtime: ModelRuntime,
+        deadline: float | None,
+        out: CompareOutcome,
+    ) -> list[list[str]]:
+        """The criteria of each trajectory."""
+        if opts.criteria is not None:
+            return [list(opts.criteria)] * opts.samples
+        k = opts.num_criteria
+        spec = SamplingSpec(
+            opts.samples, opts.temperature, opts.top_p, 24 * k, regex=criteria_regex(k)
+        )
+        outs = await self._generate(runtime, [criteria_chat(messages, k)], spec, deadline, out)
+        found = [parse_criteria(c.text, k) for c in outs[0]]
+        if any(not f for f in found):
+            out.warnings.append("a sampled criteria list could not be read; default criteria used")
+        return [f or list(FALLBACK_CRITERIA[:k]) for f in found]
+
+    async def _rubrics(
+        self,
+        messages: list[Message],
+        criteria: list[list[str]],
+        opts: CompareOptions,
+        runtime: ModelRuntime,
+        deadline: float | None,
+        out: CompareOutcome,
+    ) -> list[list[str]]:
+        spec = SamplingSpec(1, opts.temperature, opts.top_p, opts.rubric_tokens)
+        chats = [rubric_chat(messages, c) for cs in criteria for c in cs]
+        outs = iter(await self._generate(runtime, chats, spec, deadline, out))
+        return [[next(outs)[0].text for _ in cs] for cs in criteria]
+
+    async def _scores(
+        self,
+        messages: list[Message],
+        texts: list[str],
+        pairs: list[tuple[int, int]],
+        criteria: list[list[str]],
+        rubrics: list[list[str]],
+        runtime: ModelRuntime,
+        deadline: float | None,
+        out: CompareOutcome,
+    ) -> dict[tuple[int, int], list[Trajectory]]:
+        """Every pair's trajectories in both orders, from one constrained generator call."""
+        plan: list[tuple[tuple[int, int], str, int]] = []  # (pair, order, sample)
+        chats: list[list[Message]] = []
+        for i, j in pairs:
+            for order in ("AB", "BA"):
+                first, second = (texts[i], texts[j]) if order == "AB" else (texts[j], texts[i])
+                for s, (cs, rs) in enumerate(zip(criteria, rubrics, strict=True)):
+                    plan.append(((i, j), order, s))
+                    for c, r in zip(cs, rs, strict=True):
+                        chats += [
+                            score_chat(messages, first, second, c, r, "A"),
+                            score_chat(messages, first, second, c, r, "B"),
+                        ]
+        spec = SamplingSpec(1, 0.0, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX)
+        outs = iter(await self._generate(runtime, chats, spec, deadline, out))
+        result: dict[tuple[int, int], list[Trajectory]] = {p: [] for p in pairs}
+        for pair, order, s in plan:
+            judged = []
+            for c, r in zip(criteria[s], rubrics[s], strict=True):
+                shown_a = parse_score(next(outs)[0].text) or 3  # constrained: always a digit
+                shown_b = parse_score(next(outs)[0].text) or 3
+                a, b = (shown_a, shown_b) if order == "AB" else (shown_b, shown_a)
+                judged.append(CriterionScores(c, r, a, b))
+            result[pair].append(Trajectory(order, judged))  # type: ignore[arg-type]
+        return result
