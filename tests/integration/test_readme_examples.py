@@ -27,7 +27,7 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 README_HOST = re.compile(r"^(?:https?://)?localhost:8000(?P<path>/\S*)$")
 # Lists whose length the request does not fix: their elements are compared with the first shown.
 # Lists whose length depends on the run (a /refine stops early, a round may keep no revision).
-FREE_LENGTH = {"warnings", "rounds", "candidates"}
+FREE_LENGTH = {"warnings", "rounds", "candidates", "trajectories", "criteria"}
 # Answers that tell the server's history (the last reload: ok or failed, each with its own
 # fields), not what the request asked: only checked to be an object or null.
 HISTORY = {"$.reload.last"}
