@@ -30,6 +30,8 @@ SCORE_USER = (
 SCORE_REGEX = r"[1-5]"
 SCORE_MAX_TOKENS = 2
 CRITERION_CHARS = 60
+# The rubric of a criterion whose sampled rubric came out empty (shown, and judged by).
+DEFAULT_RUBRIC = "1: fails the criterion; 3: partly meets it; 5: fully meets it."
 # Criteria used when the generator's list could not be read (reported as a warning).
 FALLBACK_CRITERIA = ("correctness", "helpfulness", "clarity")
 
@@ -59,7 +61,7 @@ def score_chat(
         a=a,
         b=b,
         criterion=criterion,
-        rubric=rubric.strip() or "higher is better",
+        rubric=rubric.strip() or DEFAULT_RUBRIC,
         which=which,
     )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]

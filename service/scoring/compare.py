@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from service.contract.formatting import InputTooLongError, Message, normalize_prompt
 from service.contract.judging import (
+    DEFAULT_RUBRIC,
     FALLBACK_CRITERIA,
     SCORE_MAX_TOKENS,
     SCORE_REGEX,
@@ -209,6 +210,8 @@ class Comparer:
         found = [parse_criteria(c.text, k) for c in outs[0]]
         if any(not f for f in found):
             out.warnings.append("a sampled criteria list could not be read; default criteria used")
+        elif any(len(f) < k for f in found):
+            out.warnings.append(f"a sampled criteria list repeated itself: fewer than {k} criteria")
         return [f or list(FALLBACK_CRITERIA[:k]) for f in found]
 
     async def _rubrics(
@@ -223,7 +226,7 @@ class Comparer:
         spec = SamplingSpec(1, opts.temperature, opts.top_p, opts.rubric_tokens)
         chats = [rubric_chat(messages, c) for cs in criteria for c in cs]
         outs = iter(await self._generate(runtime, chats, spec, deadline, out))
-        return [[next(outs)[0].text for _ in cs] for cs in criteria]
+        return [[next(outs)[0].text.strip() or DEFAULT_RUBRIC for _ in cs] for cs in criteria]
 
     async def _scores(
         self,

@@ -26,7 +26,8 @@ def test_a_pair_is_judged_through_criteria_rubrics_and_scores(http: httpx.Client
     (pair,) = body["pairs"]
     assert sorted(t["order"] for t in pair["trajectories"]) == ["AB", "BA"]
     for traj in pair["trajectories"]:
-        assert len(traj["criteria"]) == 2
+        # Two asked for; a sampled list that repeats a criterion keeps it once (and warns).
+        assert 1 <= len(traj["criteria"]) <= 2
         for c in traj["criteria"]:
             # The constrained decoders give a criterion of letters and a digit score.
             assert 3 <= len(c["criterion"]) <= 60 and c["rubric"].strip()
