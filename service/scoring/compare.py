@@ -32,7 +32,7 @@ from service.contract.options import ScoreOptions
 from service.engines.base import Critique, SamplingSpec
 from service.model.runtime import ModelRuntime
 from service.scoring.core import RewardService
-from service.scoring.errors import DeadlineExceeded, InvalidRequest
+from service.scoring.errors import InvalidRequest
 from service.scoring.voting import (
     CriterionScores,
     PairVerdict,
@@ -176,18 +176,9 @@ class Comparer:
                 f"a judgment prompt needs {longest + spec.max_tokens} tokens; the model "
                 f"context is {fmt.max_model_len} (shorten the responses or the prompt)",
             )
-        timeout = None
-        if deadline is not None:
-            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
-        try:
-            outs, _ = await asyncio.wait_for(
-                runtime.generator.generate(ids, [spec] * len(ids)), timeout
-            )
-        except asyncio.TimeoutError:
-            self.service.metrics.request_failures.labels("deadline").inc()
-            raise DeadlineExceeded(
-                "the judgment was not ready within the request deadline"
-            ) from None
+        outs, _ = await self.service.within_deadline(
+            runtime.generator.generate(ids, [spec] * len(ids)), deadline, "the judgment was"
+        )
         out.judge_tokens += sum(c.num_tokens for row in outs for c in row)
         return outs
 

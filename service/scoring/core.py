@@ -8,8 +8,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from service.cache.store import ResultCache, cache_key
 from service.contract.formatting import EncodedItem, InputTooLongError, Message, normalize_prompt
@@ -29,6 +30,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 Item = tuple["str | Sequence[Message]", str]
+T = TypeVar("T")
 
 
 @dataclass
@@ -230,6 +232,18 @@ class RewardService:
             if s.truncated
         ]
         return ScoreOutcome(runtime.model_version, scored, warnings)
+
+    async def within_deadline(self, work: Awaitable[T], deadline: float | None, what: str) -> T:
+        """Engine work outside the batcher (a revision, a judgment), bounded by the request's
+        deadline like queued items are: 504 past it, counted as a deadline failure."""
+        timeout = None
+        if deadline is not None:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            return await asyncio.wait_for(work, timeout)
+        except asyncio.TimeoutError:
+            self.metrics.request_failures.labels("deadline").inc()
+            raise DeadlineExceeded(f"{what} not ready within the request deadline") from None
 
     def _validate(self, items: Sequence[Item], opts: ScoreOptions, runtime: ModelRuntime) -> None:
         if len(items) > self.settings.max_items_per_request:

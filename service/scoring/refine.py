@@ -20,7 +20,7 @@ from service.contract.revision import revision_messages
 from service.engines.base import Critique
 from service.model.runtime import ModelRuntime
 from service.scoring.core import RewardService
-from service.scoring.errors import DeadlineExceeded, InvalidRequest, PolicyFailure
+from service.scoring.errors import InvalidRequest, PolicyFailure
 from service.scoring.policy import Policy, RevisionSpec
 
 StopRule = Literal["verdict", "no_improvement", "never"]
@@ -138,11 +138,10 @@ class Refiner:
                 policy, revision_messages(messages, best.response, critique.text), opts, deadline
             )
             usage.revision_tokens += sum(t.num_tokens for t in texts)
-            fitting = await asyncio.to_thread(
-                self._fitting, runtime, prompt, [t.text for t in texts if t.text.strip()], opts
-            )
+            written = [t.text for t in texts if t.text.strip()]
+            fitting = await asyncio.to_thread(self._fitting, runtime, prompt, written, opts)
             metrics.refine_rounds.inc()
-            if len(fitting) < len([t for t in texts if t.text.strip()]):
+            if len(fitting) < len(written):
                 warnings.append(
                     f"round {number}: a revision too long for the model context was dropped"
                 )
@@ -175,16 +174,10 @@ class Refiner:
         # A revision is generator work outside the batcher's queue: refuse it under the same
         # overload signal, and bound it by the request's deadline.
         self.service.admission.admit(opts.revision.n)
-        timeout = None
-        if deadline is not None:
-            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
         try:
-            return await asyncio.wait_for(policy.revise(messages, opts.revision), timeout)
-        except asyncio.TimeoutError:
-            self.service.metrics.request_failures.labels("deadline").inc()
-            raise DeadlineExceeded(
-                "the revision was not ready within the request deadline"
-            ) from None
+            return await self.service.within_deadline(
+                policy.revise(messages, opts.revision), deadline, "the revision was"
+            )
         except PolicyFailure:
             self.service.metrics.policy_failures.inc()
             raise
