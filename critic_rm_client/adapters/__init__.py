@@ -12,7 +12,9 @@ falling back to the checkpoint's default m. They are
 - the client's ``ClientConfig`` fields: ``api_key``, ``deadline_s``, ``max_batch_items``,
   ``max_concurrency``, ``max_retries``, ``backoff_base_s``, ``max_backoff_s``,
   ``connect_timeout_s``, ``read_timeout_s``, ``retry_statuses``, ``headers``;
-- per framework: ``name`` (TRL: the ``rewards/<name>/mean`` metric), ``prompt_keys`` (verl).
+- per framework: ``name`` (TRL: the ``rewards/<name>/mean`` metric), ``prompt_keys`` (verl);
+  ``verl_pairwise`` takes ``compare``'s options and ``ties`` instead of the scoring and
+  empty-response ones (``critic_rm_client.adapters.verl_pairwise``).
 
 **Empty responses** cannot be scored (the service refuses them with a 422, which would fail the
 whole batch), so they get a reward without a request: ``empty_reward`` when given, else
@@ -30,7 +32,9 @@ multiprocessing workers.
 The modules, each importing only those before it: ``base`` (options, settings, the shared
 ``RewardFunction``, the empty-response reward), ``trl``, ``trl_judge`` (TRL's pairwise judge over
 ``/compare``), ``verl`` (with the module-level entry
-points verl loads from this package), ``openrlhf``, and ``factory`` (``make_reward_function``).
+points verl loads from this package), ``verl_pairwise`` (a GRPO group's win rates over
+``/compare``, and its entry point ``compare_score_batch``), ``openrlhf``, and ``factory``
+(``make_reward_function``).
 """
 
 from critic_rm_client.adapters.base import (
@@ -52,6 +56,11 @@ from critic_rm_client.adapters.verl import (
     make_verl_batch_compute_score,
     make_verl_compute_score,
 )
+from critic_rm_client.adapters.verl_pairwise import (
+    VerlPairwiseComputeScore,
+    compare_score_batch,
+    make_verl_pairwise_compute_score,
+)
 
 __all__ = [
     "EMPTY_REWARD_STDS",
@@ -62,6 +71,8 @@ __all__ = [
     "TRLRewardFunc",
     "VerlBatchComputeScore",
     "VerlComputeScore",
+    "VerlPairwiseComputeScore",
+    "compare_score_batch",
     "compute_score",
     "compute_score_async",
     "compute_score_batch",
@@ -72,4 +83,5 @@ __all__ = [
     "make_trl_reward_func",
     "make_verl_batch_compute_score",
     "make_verl_compute_score",
+    "make_verl_pairwise_compute_score",
 ]

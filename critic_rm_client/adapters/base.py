@@ -95,6 +95,9 @@ class RewardFunction:
     # False where the route scores at the checkpoint's defaults only, so that a scoring option
     # is refused rather than silently ignored.
     TAKES_SCORE_OPTIONS: ClassVar[bool] = True
+    # False where a reward is not on the reward head's scale (a win rate), so the empty-response
+    # options have nothing to set.
+    TAKES_EMPTY_OPTIONS: ClassVar[bool] = True
 
     def __init__(self, settings: RewardSettings) -> None:
         self.settings = settings
@@ -189,6 +192,8 @@ def build_adapter(kind: type[R], framework: str, url: str, options: dict[str, An
     known = option_names() | kind.EXTRA_OPTIONS
     if not kind.TAKES_SCORE_OPTIONS:
         known -= _SCORE_NAMES
+    if not kind.TAKES_EMPTY_OPTIONS:
+        known -= _EMPTY_NAMES
     check_names(options, known, f"{framework} reward-function option")
     extras = {k: options.pop(k) for k in kind.EXTRA_OPTIONS if k in options}
     return kind(RewardSettings.build(url, options), **extras)
