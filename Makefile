@@ -90,7 +90,7 @@ $(TOOLS_STAMP): requirements-tools.txt
 
 test: checkpoint redis lint typecheck tools
 	CRM_TEST_CHECKPOINT_ROOT=$(CHECKPOINT_ROOT) CRM_TEST_REDIS_URL=$(REDIS_URL) \
-	  $(VENV)/bin/pytest -q -rs
+	  $(VENV)/bin/pytest -q -rs --durations=25
 
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
