@@ -8,6 +8,8 @@ Paths (same checkpoint, pairs, m, critique length and sampling settings):
   b  naive two-pass transformers reference (generate, then a second forward), per dtype
   c  assemble-it-yourself: two `vllm serve` processes and an async client
   d  the engine-only ceiling: critic-rm's vLLM engines in-process, whole workload at once
+  a and d run once per engine layout in --layouts (two: generator + pooling scorer; one: one
+  engine whose reserved token's logit is the reward), named e.g. d:engine-only[one]
   e  m = 0, the standard-RM path, on a, c and d; and OpenRLHF's serve_rm when --openrlhf-src is given
 
 For each: pairs/s, p50/p99 latency, machine CPU-seconds per pair, prompt tokens submitted and
@@ -95,16 +97,29 @@ def main(args: argparse.Namespace) -> int:
         if not run.path.startswith("e:"):
             with_results.append((run, results))
 
-    if "a" in paths:
-        print("a: critic-rm over HTTP", flush=True)
-        with path_service.critic_rm_server(args.checkpoint_root, logs) as url:
+    layouts = args.layouts.split(",")
+    for layout in layouts if "a" in paths else []:
+        tag = "" if layout == "two" else f"[{layout}]"
+        print(f"a: critic-rm over HTTP, engine layout {layout}", flush=True)
+        env = {"CRM_ENGINE_LAYOUT": layout}
+        with path_service.critic_rm_server(args.checkpoint_root, logs, env) as url:
             path_service.run(url, warm, mode="single", concurrency=4, batch=1)
-            done(*path_service.run(url, w, mode="single", concurrency=args.concurrency, batch=1))
-            done(*path_service.run(url, w, mode="batched", concurrency=1, batch=args.batch))
-            done(*path_service.run(url, w, mode="batched", concurrency=1, batch=args.batch, m=0))
-    if "d" in paths:
-        print("d: engine-only, in-process", flush=True)
-        for run, results in path_engine.run(args.checkpoint_root, w, warm, [w.m, 0]):
+            done(
+                *path_service.run(
+                    url, w, mode="single", concurrency=args.concurrency, batch=1, tag=tag
+                )
+            )
+            done(
+                *path_service.run(url, w, mode="batched", concurrency=1, batch=args.batch, tag=tag)
+            )
+            done(
+                *path_service.run(
+                    url, w, mode="batched", concurrency=1, batch=args.batch, m=0, tag=tag
+                )
+            )
+    for layout in layouts if "d" in paths else []:
+        print(f"d: engine-only, in-process, engine layout {layout}", flush=True)
+        for run, results in path_engine.run(args.checkpoint_root, w, warm, [w.m, 0], layout):
             done(run, results)
     if "c" in paths:
         print("c: two `vllm serve` + async client", flush=True)
@@ -201,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--checkpoint-root", type=Path, default=Path("checkpoints"))
     ap.add_argument("--paths", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    ap.add_argument(
+        "--layouts",
+        default="two,one",
+        help="engine layouts of paths a and d (CRM_ENGINE_LAYOUT), side by side",
+    )
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64, help="critique tokens (max)")

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     verify_hashes: bool = Field(True, description="Check sha256 of every weight file on load.")
 
     # --- engines
+    engine_layout: Literal["two", "one"] = Field(
+        _E.engine_layout,
+        description="two: a generator engine and a pooling scorer engine (two copies of the "
+        "weights); one: one generate engine whose reserved token's logit is the reward (one "
+        "copy, the scorer's dtype).",
+    )
     generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
     scorer_backend: Literal["vllm", "torch"] = Field(
         _E.scorer_backend,

@@ -82,7 +82,7 @@ async def score_responses(
     generator: CritiqueGenerator | None = None
     scorer: RewardScorer
     if max_m > 0:
-        generator, scorer = await load_engines(version, engine_cfg)
+        generator, scorer = await load_engines(version, engine_cfg, fmt)
     else:  # m = 0 only (a standard RM): no critique is sampled, so no generator is started
         scorer = await asyncio.to_thread(load_scorer, version, engine_cfg)
     try:

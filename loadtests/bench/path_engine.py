@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from loadtests.bench.measure import Meter, PathRun
 from loadtests.bench.workload import Workload
 from service.engines.base import EngineStats, SamplingSpec
@@ -64,15 +66,35 @@ async def _workload(
     return results, stages, stats
 
 
+def engine_rss_gib() -> float:
+    """Resident memory of this process and its children (the engine cores), GiB."""
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / (1 << 30)
+
+
 def run(
-    checkpoint_root: Path, w: Workload, warm: Workload, ms: list[int]
+    checkpoint_root: Path, w: Workload, warm: Workload, ms: list[int], layout: str = "two"
 ) -> list[tuple[PathRun, list[dict[str, Any]]]]:
-    """One run per m in `ms`, on one pair of engines (started once, not timed)."""
+    """One run per m in `ms`, on the engines of one layout (started once; the start is timed
+    and reported, not counted in the runs)."""
+    tag = "" if layout == "two" else f"[{layout}]"
 
     async def main() -> list[tuple[PathRun, list[dict[str, Any]]]]:
-        rt = await load_runtime(Settings(checkpoint_root=checkpoint_root))
+        t0 = time.perf_counter()
+        rt = await load_runtime(Settings(checkpoint_root=checkpoint_root, engine_layout=layout))
+        start_s = time.perf_counter() - t0
         try:
             await _workload(rt, warm, warm.m)
+            notes = [
+                f"engine start {start_s:.1f} s",
+                f"RSS with engines {engine_rss_gib():.2f} GiB",
+            ]
             out = []
             for m in ms:
                 with Meter() as meter:
@@ -80,8 +102,9 @@ def run(
                 out.append(
                     (
                         PathRun(
-                            path="d:engine-only" if m > 0 else "e:engine-only-m0",
-                            label=f"vLLM engines in-process, whole workload at once, m={m}",
+                            path=("d:engine-only" if m > 0 else "e:engine-only-m0") + tag,
+                            label=f"vLLM engines ({layout}) in-process, whole workload at once, "
+                            f"m={m}",
                             pairs=w.n,
                             wall_s=meter.wall_s,
                             cpu_s=meter.cpu_s,
@@ -90,6 +113,7 @@ def run(
                             computed_tokens=stats.prompt_tokens - stats.cached_prompt_tokens,
                             rewards=[r["reward"] for r in results],
                             breakdown_s=stages,
+                            notes=notes,
                         ),
                         results,
                     )

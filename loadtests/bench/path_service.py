@@ -78,9 +78,11 @@ def run(
     concurrency: int,
     batch: int,
     m: int | None = None,
+    tag: str = "",
 ) -> tuple[PathRun, list[dict[str, Any]]]:
     """mode 'single': one item per request, `concurrency` in flight; 'batched': `batch` items per
-    request, one request at a time. Returns the run and the per-item results."""
+    request, one request at a time. Returns the run and the per-item results; `tag` names the
+    engine layout in the path (none for the default)."""
     m = w.m if m is None else m
     before = counters(f"{url}/metrics", COUNTERS)
     latencies: list[float] = []
@@ -126,7 +128,7 @@ def run(
         else f"critic-rm HTTP, /score with {batch} items per request, m={m}"
     )
     path_run = PathRun(
-        path=f"a:{mode}" if m > 0 else "e:critic-rm-m0",
+        path=(f"a:{mode}" if m > 0 else "e:critic-rm-m0") + tag,
         label=label,
         pairs=w.n,
         wall_s=meter.wall_s,

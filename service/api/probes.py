@@ -76,6 +76,7 @@ async def info(service: Service, model: Model) -> dict[str, Any]:
             "max_model_len": s.max_model_len,
         },
         "engines": {
+            "layout": s.engine_layout,
             "generator": {"backend": s.generator_backend, "dtype": model.generator_dtype},
             "scorer": {"backend": s.scorer_backend, "dtype": s.scorer_dtype},
         },

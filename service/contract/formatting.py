@@ -164,6 +164,24 @@ class PromptFormatter:
         )
 
     # ---- token helpers
+    def reward_logit_id(self) -> int:
+        """The one-engine layout's reserved token T, whose logit carries the reward: the
+        highest-id special token that no prompt uses (not bos, eos, pad, unk, the reward token,
+        nor any token of the chat template's rendering). Critiques never sample it."""
+        tok = self.tokenizer
+        used = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+        used |= set(self.reward_ids)
+        probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        used |= set(self.encode(self._chat(probe, True)))
+        special = getattr(tok, "added_tokens_decoder", {}) or {}
+        spare = [i for i, t in special.items() if getattr(t, "special", False) and i not in used]
+        if not spare:
+            raise ValueError(
+                "the one-engine layout needs a special token no prompt uses, and this tokenizer "
+                "has none: serve with CRM_ENGINE_LAYOUT=two"
+            )
+        return max(spare)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))

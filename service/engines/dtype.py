@@ -48,5 +48,8 @@ def cuda_available() -> bool:
 
 
 def generator_dtype(config: EngineConfig) -> str:
-    """The generator's dtype for this machine, with `auto` resolved."""
+    """The generator's dtype for this machine, with `auto` resolved; the one-engine layout's
+    generator is the scorer, in the scorer's dtype."""
+    if config.engine_layout == "one":
+        return config.scorer_dtype
     return resolve_generator_dtype(config.generator_dtype, not cuda_available(), cpu_flags())

@@ -57,13 +57,20 @@ def _load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScor
 
 
 async def load_engines(
-    version: CheckpointVersion, config: EngineConfig
+    version: CheckpointVersion, config: EngineConfig, formatter: PromptFormatter
 ) -> tuple[CritiqueGenerator, RewardScorer]:
-    """Start both engines at once: most of a start is process spawn, imports and compilation
-    in the engines' own processes, which overlap well. If one fails, the other is shut down."""
-    from service.engines.vllm_engines import configure_cpu_env
+    """Layout `two`: start both engines at once (most of a start is process spawn, imports and
+    compilation in the engines' own processes, which overlap well); if one fails, the other is
+    shut down. Layout `one`: one engine over the scorer view serves both."""
+    from service.engines.vllm_engines import configure_cpu_env, load_one_engine
 
     configure_cpu_env(config)
+    if config.engine_layout == "one":
+        if config.scorer_backend != "vllm":
+            raise ValueError("engine layout 'one' scores on the vLLM engine: scorer backend vllm")
+        token = formatter.reward_logit_id()
+        log.info("one engine: the reward is token %d's logit", token)
+        return await asyncio.to_thread(load_one_engine, version.scorer_path, config, token)
     gen_task = asyncio.ensure_future(asyncio.to_thread(_load_generator, version, config))
     scorer_task = asyncio.ensure_future(asyncio.to_thread(_load_scorer, version, config))
     results = await asyncio.gather(gen_task, scorer_task, return_exceptions=True)

@@ -1,6 +1,8 @@
-"""vLLM engines: an AsyncLLM generator over the generator view, an AsyncLLM pooling engine over
-the scorer view. Both run their engine core in a child process; only light async bookkeeping
-happens on the gateway's event loop."""
+"""vLLM engines. Layout `two`: an AsyncLLM generator over the generator view and an AsyncLLM
+pooling engine over the scorer view. Layout `one`: one generate AsyncLLM over the scorer view
+whose model writes the reward into a reserved token's logit (reward_logit_model), serving both.
+Each engine core runs in a child process; only light async bookkeeping happens on the gateway's
+event loop."""
 
 from __future__ import annotations
 
@@ -40,13 +42,18 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
-def engine_args(model: Path, config: EngineConfig, *, pooling: bool) -> Any:
+def engine_args(
+    model: Path, config: EngineConfig, *, pooling: bool, reward_logit_id: int | None = None
+) -> Any:
+    """A generator's, a pooling scorer's, or (``reward_logit_id`` given) the one engine's."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    one = reward_logit_id is not None
     kwargs: dict[str, Any] = {
         "model": str(model),
         "dtype": config.scorer_dtype if pooling else generator_dtype(config),
-        "max_model_len": config.max_model_len,
+        # A scoring request is its whole sequence plus the one token it samples.
+        "max_model_len": config.max_model_len + (1 if one else 0),
         "enable_prefix_caching": True,
         "tensor_parallel_size": config.tensor_parallel_size,
         "enforce_eager": config.enforce_eager,
@@ -55,6 +62,13 @@ def engine_args(model: Path, config: EngineConfig, *, pooling: bool) -> Any:
     }
     if pooling:
         kwargs["runner"] = "pooling"
+    if one:
+        from service.engines.vllm_plugin import ARCHITECTURE, TOKEN_KEY
+
+        kwargs["runner"] = "generate"
+        kwargs["hf_overrides"] = {"architectures": [ARCHITECTURE], TOKEN_KEY: reward_logit_id}
+        # T's value is read from the raw logits, copied before logit_bias and temperature.
+        kwargs["logprobs_mode"] = "raw_logits"
     if _on_cpu():
         kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GiB)
     else:
@@ -86,8 +100,10 @@ async def _last(stream: AsyncIterator[T]) -> T:
 class VllmCritiqueGenerator:
     """Critique sampling on a vLLM AsyncLLM: one request per item, n=m, FINAL_ONLY outputs."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, banned_token: int | None = None) -> None:
         self.engine = engine
+        # The one engine's reward token: its logit is a reward, never a critique's next token.
+        self.logit_bias = None if banned_token is None else {banned_token: -100.0}
 
     @classmethod
     def load(cls, model: Path, config: EngineConfig) -> VllmCritiqueGenerator:
@@ -113,6 +129,7 @@ class VllmCritiqueGenerator:
                 top_p=spec.top_p,
                 max_tokens=spec.max_tokens,
                 skip_special_tokens=True,
+                logit_bias=self.logit_bias,
                 output_kind=RequestOutputKind.FINAL_ONLY,
                 structured_outputs=(
                     StructuredOutputsParams(regex=spec.regex) if spec.regex else None
@@ -178,3 +195,60 @@ class VllmRewardScorer:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+class VllmLogitScorer:
+    """Reward scoring on the one engine: a greedy one-token request per sequence whose raw
+    logit at the reserved token is the reward at the sequence's last token. The generator owns
+    the engine (it shuts it down); batches are submitted at once as on the pooling scorer."""
+
+    def __init__(self, engine: Any, token: int) -> None:
+        self.engine = engine
+        self.token = token
+
+    async def score(self, sequences: Sequence[list[int]]) -> tuple[list[float], EngineStats]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        stats = EngineStats()
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprob_token_ids=[self.token],
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+        async def one(ids: list[int]) -> float:
+            out = await _last(
+                self.engine.generate(
+                    TokensPrompt(prompt_token_ids=ids), params, request_id=f"score-{uuid.uuid4()}"
+                )
+            )
+            stats.prompt_tokens += len(ids)
+            stats.cached_prompt_tokens += out.num_cached_tokens or 0
+            logprobs = out.outputs[0].logprobs
+            if not logprobs or self.token not in logprobs[0]:
+                raise RuntimeError(f"the engine returned no logit for token {self.token}")
+            return float(logprobs[0][self.token].logprob)
+
+        return await _run_all([functools.partial(one, s) for s in sequences]), stats
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        pass  # the generator's
+
+
+def load_one_engine(
+    model: Path, config: EngineConfig, token: int
+) -> tuple[VllmCritiqueGenerator, VllmLogitScorer]:
+    """The one engine over the scorer view, as a generator and a scorer."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine = AsyncLLM.from_engine_args(
+        engine_args(model, config, pooling=False, reward_logit_id=token)
+    )
+    return VllmCritiqueGenerator(engine, banned_token=token), VllmLogitScorer(engine, token)

@@ -160,7 +160,9 @@ class ModelManager:
                 raise
             old, self.runtime = self.runtime, runtime
             m = runtime.manifest
-            self.metrics.set_model(m.model_version, m.base_model, m.reward_head_trained)
+            self.metrics.set_model(
+                m.model_version, m.base_model, m.reward_head_trained, self.settings.engine_layout
+            )
             self.health.serving()
             self.metrics.reloads.labels("ok").inc()
             self.last_reload = {

@@ -87,5 +87,5 @@ async def load_runtime(settings: Settings, version: str | None = None) -> ModelR
     log.info("loading checkpoint %s from %s", ckpt.manifest.model_version, ckpt.path)
     config = settings.engine_config()
     formatter = await asyncio.to_thread(load_formatter, ckpt, config)
-    generator, scorer = await load_engines(ckpt, config)
+    generator, scorer = await load_engines(ckpt, config, formatter)
     return ModelRuntime(ckpt, formatter, generator, scorer)

@@ -113,7 +113,7 @@ class Metrics:
         self.model_info = Gauge(
             "critic_rm_model_info",
             "The model version being served (value 1).",
-            ["model_version", "base_model", "reward_head_trained"],
+            ["model_version", "base_model", "reward_head_trained", "engine_layout"],
             registry=r,
         )
         self.reloads = Counter(
@@ -166,6 +166,6 @@ class Metrics:
             registry=r,
         )
 
-    def set_model(self, model_version: str, base_model: str, trained: bool) -> None:
+    def set_model(self, model_version: str, base_model: str, trained: bool, layout: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(model_version, base_model, str(trained).lower()).set(1)
+        self.model_info.labels(model_version, base_model, str(trained).lower(), layout).set(1)

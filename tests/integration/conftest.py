@@ -143,10 +143,21 @@ def policy_base_url() -> str:
     return f"http://127.0.0.1:{POLICY_PORT}/v1"
 
 
+# The tests that stop the shared gateway or leave it on another version run last (see
+# pytest_collection_modifyitems): a restart costs two engine starts, and this way none is needed.
+RUN_LAST = ("tests/integration/test_engine_lifecycle.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last = [i for i in items if i.nodeid.startswith(RUN_LAST)]
+    items[:] = [i for i in items if not i.nodeid.startswith(RUN_LAST)] + last
+
+
 class SharedServer:
-    """The session's one gateway, started on first use. A test may change what it serves (it
-    puts it back) or stop it (test_engine_lifecycle.py does); the next test that asks for it
-    gets a fresh one on the default version, so no test depends on the order they run in."""
+    """The session's one gateway, started on first use. A test may stop it, or leave it serving
+    another version (`on_default = False`; test_engine_lifecycle.py does both); the next test
+    that asks for the default gets a fresh one on the default version, so no test depends on
+    the order they run in (the order only saves restarts)."""
 
     def __init__(self, root: CheckpointRoot, redis_url: str, logs: Path) -> None:
         self.root = root
@@ -156,11 +167,14 @@ class SharedServer:
         assert default is not None, f"{root.root} has no current version"
         self.default = default
         self.starts = 0
+        self.on_default = True
         self._server: LiveServer | None = None
         self._running: contextlib.ExitStack | None = None
 
-    def get(self) -> LiveServer:
-        if self._server is not None and self._server.process.poll() is None:
+    def get(self, any_version: bool = False) -> LiveServer:
+        """The running gateway (on the default version unless `any_version`), else a new one."""
+        running = self._server is not None and self._server.process.poll() is None
+        if self._server is not None and running and (self.on_default or any_version):
             return self._server
         self.close()
         import redis
@@ -169,6 +183,7 @@ class SharedServer:
         # A stopped server may have left the root pointing elsewhere: serve the default again.
         self.root.set_current(self.default)
         self.starts += 1
+        self.on_default = True
         stack = contextlib.ExitStack()
         log = self.logs / f"server-{self.starts}.log"
         self._server = stack.enter_context(
@@ -203,6 +218,12 @@ def shared_server(
 @pytest.fixture
 def live_server(shared_server: SharedServer) -> LiveServer:
     return shared_server.get()
+
+
+@pytest.fixture
+def live_server_any_version(shared_server: SharedServer) -> LiveServer:
+    """The shared gateway on whichever version it serves (no restart to get the default)."""
+    return shared_server.get(any_version=True)
 
 
 @pytest.fixture

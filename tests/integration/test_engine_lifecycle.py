@@ -1,7 +1,8 @@
 """Hot reload under load and SIGTERM on the real engines: while they load, and while a reload
-loads with requests in flight; no engine process outlives the gateway. The reload test puts the
-default version back; the SIGTERM test stops the shared server, which the next test that needs it
-gets restarted (conftest.SharedServer), so these tests run in any order."""
+loads with requests in flight; no engine process outlives the gateway. The reload test leaves
+the shared server on another version and the SIGTERM test stops it; a later test that needs the
+default gets a fresh one (conftest.SharedServer), so these tests run in any order, and they run
+last (conftest.RUN_LAST) so that none has to."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
-from tests.integration.conftest import LiveServer, publish_variant, start_server
+from tests.integration.conftest import LiveServer, SharedServer, publish_variant, start_server
 
 pytestmark = pytest.mark.engine
 REPORT = Path(__file__).resolve().parents[2] / "bench-results"
@@ -94,18 +95,17 @@ def test_sigterm_while_the_engines_load_leaves_no_engine_process(
 def test_reload_under_load_fails_nothing_and_mixes_no_versions(
     live_server: LiveServer,
     http: httpx.Client,
+    shared_server: SharedServer,
     serving_root: CheckpointRoot,
     served_version: CheckpointVersion,
 ) -> None:
     v1 = http.get("/info").json()["model_version"]
     assert v1 == served_version.manifest.model_version, "another test left a version pinned"
     v2 = publish_variant(serving_root, served_version, seed=1)
-    try:
-        reload_under_load(live_server, http, v1, v2)
-    finally:
-        # Back to following `current` (the default), for whichever test runs next.
-        back = http.post("/admin/reload", json={}, timeout=900)
-        assert back.status_code == 200 and back.json()["model_version"] == v1, back.text
+    # Left on v2 (a reload back would cost two engine starts): the next test that needs the
+    # default gets a fresh gateway.
+    shared_server.on_default = False
+    reload_under_load(live_server, http, v1, v2)
 
 
 def reload_under_load(live_server: LiveServer, http: httpx.Client, v1: str, v2: str) -> None:
@@ -166,10 +166,11 @@ def reload_under_load(live_server: LiveServer, http: httpx.Client, v1: str, v2: 
 
 
 def test_sigterm_during_a_reload_finishes_in_flight_requests_then_exits_zero(
-    live_server: LiveServer,
+    live_server_any_version: LiveServer,
     serving_root: CheckpointRoot,
     served_version: CheckpointVersion,
 ) -> None:
+    live_server = live_server_any_version
     body = {
         "items": [{"prompt": "Explain rain.", "response": "Water falls."}],
         "num_critiques": 2,

@@ -1,0 +1,120 @@
+"""The one-engine layout on a real vLLM engine, over HTTP: one engine process, rewards from the
+reserved token's logit equal to the torch reference scorer in float32, critiques that never
+show the reserved token, and a hot reload that moves the rewards with the new head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.contract.formatting import PromptFormatter
+from service.engines.torch_scorer import TorchRewardScorer
+from tests.integration.conftest import LiveServer, publish_variant, run_server
+
+pytestmark = pytest.mark.engine
+
+PAIRS = [
+    ("What is 17 * 3?", "17 * 3 = 51."),
+    ("Name the capital of Australia.", "The capital of Australia is Sydney."),
+    (
+        "Write a haiku about rain.",
+        "Rain taps the window\nsoft grey hours drift into night\nthe street lamps listen",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def one_root(serving_root: CheckpointRoot, served_version: CheckpointVersion) -> CheckpointRoot:
+    """The serving root, with the default version current (other tests may have moved it)."""
+    serving_root.set_current(served_version.manifest.model_version)
+    return serving_root
+
+
+@pytest.fixture(scope="module")
+def one_server(
+    one_root: CheckpointRoot, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    log = tmp_path_factory.mktemp("one") / "server.log"
+    with run_server(one_root.root, log, CRM_ENGINE_LAYOUT="one", CRM_RELOAD_POLL_S="0") as server:
+        yield server
+
+
+def rewards_at_m0(server: LiveServer) -> tuple[list[float], str]:
+    body = {
+        "items": [{"prompt": p, "response": r} for p, r in PAIRS],
+        "num_critiques": 0,
+        "use_cache": False,
+    }
+    r = httpx.post(f"{server.url}/score", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    return [x["reward"] for x in r.json()["results"]], r.json()["model_version"]
+
+
+def reference(version: CheckpointVersion, formatter: PromptFormatter) -> list[float]:
+    scorer = TorchRewardScorer.load(version.scorer_path, "float32")
+    seqs = [
+        formatter.score_ids(formatter.encode_item(p, r, 16, 1).score_prefix, None) for p, r in PAIRS
+    ]
+    return scorer.score_sync(seqs)
+
+
+def test_one_engine_process_serves_both_heads(
+    one_server: LiveServer, served_version: CheckpointVersion, formatter: PromptFormatter
+) -> None:
+    info = httpx.get(f"{one_server.url}/info", timeout=10).json()
+    assert info["engines"]["layout"] == "one"
+    # One engine core: the gateway's only engine child (layout two starts two).
+    cores = [
+        p
+        for p in psutil.Process(one_server.process.pid).children()
+        if "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    assert len(cores) == 1, [p.cmdline() for p in cores]
+    got, version = rewards_at_m0(one_server)
+    assert version == served_version.manifest.model_version
+    assert got == pytest.approx(reference(served_version, formatter), abs=1e-3)
+    metrics = httpx.get(f"{one_server.url}/metrics", timeout=10).text
+    assert 'engine_layout="one"' in metrics
+
+
+def test_critiques_and_their_rewards_come_from_the_same_engine(
+    one_server: LiveServer, formatter: PromptFormatter
+) -> None:
+    body = {
+        "items": [{"prompt": p, "response": r} for p, r in PAIRS[:2]],
+        "num_critiques": 2,
+        "max_critique_tokens": 16,
+        "return_critiques": True,
+        "use_cache": False,
+    }
+    r = httpx.post(f"{one_server.url}/score", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    token = formatter.tokenizer.convert_ids_to_tokens(formatter.reward_logit_id())
+    for res in r.json()["results"]:
+        assert len(res["critique_rewards"]) == 2 and all(c for c in res["critiques"])
+        assert all(token not in c for c in res["critiques"])
+        assert res["reward"] == pytest.approx(sum(res["critique_rewards"]) / 2, abs=1e-6)
+
+
+def test_a_hot_reload_moves_the_rewards_with_the_new_head(
+    one_server: LiveServer,
+    one_root: CheckpointRoot,
+    served_version: CheckpointVersion,
+    formatter: PromptFormatter,
+) -> None:
+    before, _ = rewards_at_m0(one_server)
+    variant = publish_variant(one_root, served_version, seed=7)
+    try:
+        r = httpx.post(f"{one_server.url}/admin/reload", json={"version": variant}, timeout=600)
+        assert r.status_code == 200, r.text
+        after, version = rewards_at_m0(one_server)
+        assert version == variant
+        expected = reference(one_root.resolve(variant, verify_hashes=False), formatter)
+        assert after == pytest.approx(expected, abs=1e-3)
+        assert after != pytest.approx(before, abs=1e-3)
+    finally:
+        one_root.set_current(served_version.manifest.model_version)

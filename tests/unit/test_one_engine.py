@@ -1,0 +1,97 @@
+"""The one-engine layout's own logic without an engine: the reserved token, the engine's
+arguments, its dtype, and the setting as /info and the metrics report it (the engine itself is
+tested over HTTP in tests/integration/test_one_engine_http.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.checkpoint.store import CheckpointVersion
+from service.contract.formatting import PromptFormatter
+from service.engines.config import EngineConfig
+from service.engines.dtype import generator_dtype
+from service.engines.factory import load_formatter
+from service.engines.vllm_engines import VllmCritiqueGenerator, engine_args
+from service.engines.vllm_plugin import ARCHITECTURE, TOKEN_KEY
+from tests.fakes import loader_for, wait_ready
+from tests.unit.test_gateway import make_settings
+
+
+@pytest.fixture(scope="module")
+def formatter(default_version: CheckpointVersion) -> PromptFormatter:
+    return load_formatter(default_version, EngineConfig(max_model_len=512))
+
+
+def test_the_reserved_token_is_a_special_token_no_prompt_uses(formatter: PromptFormatter) -> None:
+    token = formatter.reward_logit_id()
+    tok = formatter.tokenizer
+    assert tok.convert_ids_to_tokens(token) == "<empty_output>"  # SmolLM2's highest spare one
+    rendered = formatter.encode_item("What is 2+2?", "4", 16, 1)
+    assert token not in rendered.critique_prompt
+    assert token not in formatter.score_ids(rendered.score_prefix, "A critique.")
+    assert token not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert token not in formatter.reward_ids
+
+
+def test_a_tokenizer_without_a_spare_special_token_is_refused(
+    formatter: PromptFormatter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = {i: t for i, t in formatter.tokenizer.added_tokens_decoder.items() if i <= 2}
+    monkeypatch.setattr(type(formatter.tokenizer), "added_tokens_decoder", property(lambda s: used))
+    with pytest.raises(ValueError, match="CRM_ENGINE_LAYOUT=two"):
+        formatter.reward_logit_id()
+
+
+def test_the_one_engine_is_a_generate_engine_reading_raw_logits(tmp_path: Path) -> None:
+    config = EngineConfig(engine_layout="one", max_model_len=512, scorer_dtype="float32")
+    args = engine_args(tmp_path, config, pooling=False, reward_logit_id=16)
+    assert args.runner == "generate" and args.logprobs_mode == "raw_logits"
+    assert args.hf_overrides == {"architectures": [ARCHITECTURE], TOKEN_KEY: 16}
+    # Room for the one token a scoring request samples after a full-length sequence.
+    assert args.max_model_len == 513
+    assert args.dtype == "float32"
+    two = engine_args(tmp_path, EngineConfig(max_model_len=512), pooling=False)
+    assert two.max_model_len == 512 and not two.hf_overrides
+
+
+def test_one_engine_one_dtype() -> None:
+    one = EngineConfig(engine_layout="one", generator_dtype="bfloat16", scorer_dtype="float32")
+    assert generator_dtype(one) == "float32"
+    assert generator_dtype(EngineConfig(generator_dtype="bfloat16")) == "bfloat16"
+
+
+def test_critique_requests_never_sample_the_reserved_token() -> None:
+    seen: list[Any] = []
+
+    class Engine:
+        async def generate(self, prompt: Any, params: Any, request_id: str) -> Any:
+            seen.append(params)
+            yield SimpleNamespace(
+                num_cached_tokens=0,
+                outputs=[SimpleNamespace(text="ok", token_ids=[5], finish_reason="stop")],
+            )
+
+    import asyncio
+
+    from service.engines.base import SamplingSpec
+
+    spec = SamplingSpec(1, 0.8, 0.95, 8)
+    asyncio.run(VllmCritiqueGenerator(Engine(), banned_token=16).generate([[1, 2]], [spec]))
+    asyncio.run(VllmCritiqueGenerator(Engine()).generate([[1, 2]], [spec]))
+    assert seen[0].logit_bias == {16: -100.0} and not seen[1].logit_bias
+
+
+def test_info_and_the_model_metric_name_the_layout(checkpoint_root: Path) -> None:
+    app = create_app(
+        make_settings(checkpoint_root, engine_layout="one"), loader_for(checkpoint_root)
+    )
+    with TestClient(app) as c:
+        wait_ready(c)
+        assert c.get("/info").json()["engines"]["layout"] == "one"
+        assert 'engine_layout="one"' in c.get("/metrics").text
