@@ -143,14 +143,19 @@ def policy_base_url() -> str:
     return f"http://127.0.0.1:{POLICY_PORT}/v1"
 
 
-# The tests that stop the shared gateway or leave it on another version run last (see
-# pytest_collection_modifyitems): a restart costs two engine starts, and this way none is needed.
+# The tests that stop the shared gateway or leave it on another version run after the other
+# integration tests (see pytest_collection_modifyitems): a restart costs two engine starts, and
+# this way none is needed. Before the unit tests, not after them: a unit test of the trainer's
+# SIGTERM handling ends the test process's children, the shared gateway among them.
 RUN_LAST = ("tests/integration/test_engine_lifecycle.py",)
+INTEGRATION = "tests/integration/"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     last = [i for i in items if i.nodeid.startswith(RUN_LAST)]
-    items[:] = [i for i in items if not i.nodeid.startswith(RUN_LAST)] + last
+    rest = [i for i in items if not i.nodeid.startswith(RUN_LAST)]
+    after = max((n for n, i in enumerate(rest) if i.nodeid.startswith(INTEGRATION)), default=-1)
+    items[:] = rest[: after + 1] + last + rest[after + 1 :]
 
 
 class SharedServer:
