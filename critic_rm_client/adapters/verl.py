@@ -53,6 +53,15 @@ class _VerlShape(RewardFunction):
             f"extra_info (got keys {keys})"
         )
 
+    def _prompts(
+        self, solution_strs: Sequence[str], extra_infos: Sequence[Any] | None
+    ) -> list[Prompt]:
+        """The prompt of each response of a batch, from its ``extra_info``."""
+        infos: Sequence[Any] = [None] * len(solution_strs) if extra_infos is None else extra_infos
+        if len(infos) != len(solution_strs):
+            raise ValueError(f"{len(solution_strs)} solution_strs but {len(infos)} extra_infos")
+        return [self._prompt(e) for e in infos]
+
 
 class VerlComputeScore(_VerlShape):
     """verl's ``custom_reward_function`` for the reward loop (naive, dapo, limited, remote
@@ -97,12 +106,8 @@ class VerlBatchComputeScore(_VerlShape):
         ground_truths: Sequence[Any],
         extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[float]:
-        infos: Sequence[Any] = [None] * len(solution_strs) if extra_infos is None else extra_infos
-        if len(infos) != len(solution_strs):
-            raise ValueError(f"{len(solution_strs)} solution_strs but {len(infos)} extra_infos")
-        return self.rewards(
-            [(self._prompt(e), s) for e, s in zip(infos, solution_strs, strict=True)]
-        )
+        prompts = self._prompts(solution_strs, extra_infos)
+        return self.rewards(list(zip(prompts, solution_strs, strict=True)))
 
 
 def make_verl_compute_score(url: str, **options: Any) -> VerlComputeScore:

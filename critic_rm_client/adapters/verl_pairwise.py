@@ -118,9 +118,12 @@ def pairwise_rewards(
             break
     else:
         raise CriticRMVersionMismatch([r.model_version for r in results])
+    judged_by_group: list[list[tuple[tuple[int, ...], CompareResult]]] = [[] for _ in batch]
+    for (g, call), result in zip(todo, results, strict=True):
+        judged_by_group[g].append((call, result))
     out = [0.0] * len(responses)
     for g, members in enumerate(batch):
-        judged = [(m, r) for (h, m), r in zip(todo, results, strict=True) if h == g]
+        judged = judged_by_group[g]
         rates = win_rates(
             [responses[i] for i in members], pair_matrix(len(distinct[g]), judged, ties)
         )
@@ -156,10 +159,7 @@ class VerlPairwiseComputeScore(_VerlShape):
     def _call(
         self, solution_strs: Sequence[str], extra_infos: Sequence[Any] | None
     ) -> Call[list[float]]:
-        infos: Sequence[Any] = [None] * len(solution_strs) if extra_infos is None else extra_infos
-        if len(infos) != len(solution_strs):
-            raise ValueError(f"{len(solution_strs)} solution_strs but {len(infos)} extra_infos")
-        prompts = [self._prompt(e) for e in infos]
+        prompts = self._prompts(solution_strs, extra_infos)
         return pairwise_rewards(
             self.settings.client, prompts, solution_strs, self.compare_options, self.ties
         )
