@@ -59,7 +59,7 @@ def _eval(args: argparse.Namespace) -> int:
     except (ValueError, DataError, OSError) as exc:
         print(f"critic-rm eval: {exc}", file=sys.stderr)
         return 2
-    engine_cfg = EngineConfig(max_model_len=args.max_model_len)
+    engine_cfg = EngineConfig(engine_layout=args.engine_layout, max_model_len=args.max_model_len)
 
     async def run() -> list[dict[str, object]]:
         return [await evaluate(Path(c), pairs, ms, engine_cfg) for c in args.checkpoint]
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ms", default="0,1,2,4,8", help="comma-separated m values")
     ev.add_argument("--max-pairs", type=int, default=None)
     ev.add_argument("--max-model-len", type=int, default=2048)
+    ev.add_argument("--engine-layout", choices=["two", "one"], default="two")
     ev.add_argument("--out", default="eval-results")
     ev.set_defaults(func=_eval)
 

@@ -148,6 +148,11 @@ class ExportConfig(_Section):
 
 
 class EngineConfig(_Section):
+    layout: Literal["two", "one"] = Field(
+        "two",
+        description="The service's engine layout for critique sampling and evaluation: two "
+        "(generator + pooling scorer) or one (one engine, the reward read as a token's logit).",
+    )
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 256

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 def engine_config(run: Run) -> EngineConfig:
     e = run.cfg.engine
     return EngineConfig(
-        max_model_len=e.max_model_len, kv_cache_gib=e.kv_cache_gib, max_num_seqs=e.max_num_seqs
+        engine_layout=e.layout,
+        max_model_len=e.max_model_len,
+        kv_cache_gib=e.kv_cache_gib,
+        max_num_seqs=e.max_num_seqs,
     )
 
 

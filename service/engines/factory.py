@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from service.checkpoint.store import CheckpointVersion
 from service.contract.formatting import PromptFormatter
 from service.engines.base import CritiqueGenerator, RewardScorer
 from service.engines.config import EngineConfig
+
+if TYPE_CHECKING:
+    from service.engines.vllm_engines import VllmCritiqueGenerator, VllmLogitScorer
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +29,40 @@ def load_formatter(version: CheckpointVersion, config: EngineConfig) -> PromptFo
 
 
 def load_generator(version: CheckpointVersion, config: EngineConfig) -> CritiqueGenerator:
-    """The critique generator alone (the trainer samples critiques with it)."""
+    """The critique generator alone (the trainer samples critiques with it); on layout `one`,
+    the one engine, which owns its weights and is shut down with the generator."""
     from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
+    if config.engine_layout == "one":
+        return _load_one(version, config, load_formatter(version, config))[0]
     return _load_generator(version, config)
 
 
 def load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScorer:
-    """The reward scorer alone (an evaluation at m = 0 needs no generator)."""
-    from service.engines.vllm_engines import configure_cpu_env
+    """The reward scorer alone (an evaluation at m = 0 needs no generator); on layout `one`,
+    the one engine's scorer, which then owns the engine."""
+    from service.engines.vllm_engines import VllmLogitScorer, configure_cpu_env
 
     configure_cpu_env(config)
+    if config.engine_layout == "one":
+        _, scorer = _load_one(version, config, load_formatter(version, config))
+        return VllmLogitScorer(scorer.engine, scorer.token, owns_engine=True)
     return _load_scorer(version, config)
+
+
+def _load_one(
+    version: CheckpointVersion, config: EngineConfig, formatter: PromptFormatter
+) -> tuple[VllmCritiqueGenerator, VllmLogitScorer]:
+    from service.engines.vllm_engines import load_one_engine
+    from service.engines.vllm_plugin import check_backbone
+
+    if config.scorer_backend != "vllm":
+        raise ValueError("engine layout 'one' scores on the vLLM engine: scorer backend vllm")
+    check_backbone(version.generator_path)
+    token = formatter.reward_logit_id()
+    log.info("one engine: the reward is token %d's logit", token)
+    return load_one_engine(version.scorer_path, config, token)
 
 
 def _load_generator(version: CheckpointVersion, config: EngineConfig) -> CritiqueGenerator:
@@ -62,15 +87,11 @@ async def load_engines(
     """Layout `two`: start both engines at once (most of a start is process spawn, imports and
     compilation in the engines' own processes, which overlap well); if one fails, the other is
     shut down. Layout `one`: one engine over the scorer view serves both."""
-    from service.engines.vllm_engines import configure_cpu_env, load_one_engine
+    from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
     if config.engine_layout == "one":
-        if config.scorer_backend != "vllm":
-            raise ValueError("engine layout 'one' scores on the vLLM engine: scorer backend vllm")
-        token = formatter.reward_logit_id()
-        log.info("one engine: the reward is token %d's logit", token)
-        return await asyncio.to_thread(load_one_engine, version.scorer_path, config, token)
+        return await asyncio.to_thread(_load_one, version, config, formatter)
     gen_task = asyncio.ensure_future(asyncio.to_thread(_load_generator, version, config))
     scorer_task = asyncio.ensure_future(asyncio.to_thread(_load_scorer, version, config))
     results = await asyncio.gather(gen_task, scorer_task, return_exceptions=True)

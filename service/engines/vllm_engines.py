@@ -199,12 +199,14 @@ class VllmRewardScorer:
 
 class VllmLogitScorer:
     """Reward scoring on the one engine: a greedy one-token request per sequence whose raw
-    logit at the reserved token is the reward at the sequence's last token. The generator owns
-    the engine (it shuts it down); batches are submitted at once as on the pooling scorer."""
+    logit at the reserved token is the reward at the sequence's last token. Beside a generator,
+    the generator owns the engine (shuts it down); alone (owns_engine), the scorer does. Batches
+    are submitted at once as on the pooling scorer."""
 
-    def __init__(self, engine: Any, token: int) -> None:
+    def __init__(self, engine: Any, token: int, owns_engine: bool = False) -> None:
         self.engine = engine
         self.token = token
+        self.owns_engine = owns_engine
 
     async def score(self, sequences: Sequence[list[int]]) -> tuple[list[float], EngineStats]:
         from vllm import SamplingParams
@@ -239,7 +241,8 @@ class VllmLogitScorer:
         await self.engine.check_health()
 
     def shutdown(self) -> None:
-        pass  # the generator's
+        if self.owns_engine:
+            self.engine.shutdown()
 
 
 def load_one_engine(

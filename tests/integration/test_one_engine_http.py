@@ -1,10 +1,17 @@
 """The one-engine layout on a real vLLM engine, over HTTP: one engine process, rewards from the
 reserved token's logit equal to the torch reference scorer in float32, critiques that never
-show the reserved token, and a hot reload that moves the rewards with the new head."""
+show the reserved token, a hot reload that moves the rewards with the new head, a drain on
+SIGTERM, and a dead engine that fails the health checks. The drain test ends the module's
+server, so it runs last of the tests that share it (file order)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psutil
@@ -62,17 +69,26 @@ def reference(version: CheckpointVersion, formatter: PromptFormatter) -> list[fl
     return scorer.score_sync(seqs)
 
 
+def engine_cores(server: LiveServer) -> list[psutil.Process]:
+    """The gateway's engine children (multiprocessing's resource tracker is not one)."""
+    return [
+        p
+        for p in psutil.Process(server.process.pid).children()
+        if "resource_tracker" not in " ".join(p.cmdline())
+    ]
+
+
+def gone(procs: list[psutil.Process]) -> bool:
+    return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
+
+
 def test_one_engine_process_serves_both_heads(
     one_server: LiveServer, served_version: CheckpointVersion, formatter: PromptFormatter
 ) -> None:
     info = httpx.get(f"{one_server.url}/info", timeout=10).json()
     assert info["engines"]["layout"] == "one"
     # One engine core: the gateway's only engine child (layout two starts two).
-    cores = [
-        p
-        for p in psutil.Process(one_server.process.pid).children()
-        if "resource_tracker" not in " ".join(p.cmdline())
-    ]
+    cores = engine_cores(one_server)
     assert len(cores) == 1, [p.cmdline() for p in cores]
     got, version = rewards_at_m0(one_server)
     assert version == served_version.manifest.model_version
@@ -118,3 +134,48 @@ def test_a_hot_reload_moves_the_rewards_with_the_new_head(
         assert after != pytest.approx(before, abs=1e-3)
     finally:
         one_root.set_current(served_version.manifest.model_version)
+
+
+def test_sigterm_drains_the_one_engine_then_exits_zero(one_server: LiveServer) -> None:
+    body = {
+        "items": [{"prompt": "Explain rain.", "response": "Water falls."}],
+        "num_critiques": 2,
+        "max_critique_tokens": 48,
+        "use_cache": False,
+    }
+    cores = engine_cores(one_server)
+    with ThreadPoolExecutor(3) as pool:
+        inflight = [
+            pool.submit(httpx.post, f"{one_server.url}/score", json=body, timeout=300)
+            for _ in range(3)
+        ]
+        time.sleep(1.0)
+        one_server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        ready = httpx.get(f"{one_server.url}/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert httpx.post(f"{one_server.url}/score", json=body, timeout=10).status_code == 503
+        assert [f.result().status_code for f in inflight] == [200, 200, 200]
+    assert one_server.process.wait(timeout=120) == 0, one_server.log_tail()
+    assert gone(cores), "the engine process outlived the gateway"
+
+
+def test_a_dead_one_engine_fails_health_and_the_gateway_exits_nonzero(
+    one_root: CheckpointRoot, tmp_path: Path
+) -> None:
+    """Kill the one engine: the health monitor sees it, readiness and liveness fail, and the
+    gateway exits 1 for the orchestrator to restart it."""
+    env = {"CRM_ENGINE_LAYOUT": "one", "CRM_RELOAD_POLL_S": "0", "CRM_HEALTH_INTERVAL_S": "0.5"}
+    with run_server(one_root.root, tmp_path / "server.log", **env) as server:
+        assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "alive"
+        (core,) = engine_cores(server)
+        core.kill()
+        deadline = time.monotonic() + 60
+        statuses = set()
+        while server.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                statuses.add(httpx.get(f"{server.url}/ready", timeout=2).status_code)
+            time.sleep(0.1)
+        assert server.process.wait(timeout=60) == 1, server.log_tail()
+        assert 200 not in statuses  # never ready again once its engine died
+        assert "engine failed its health check" in server.log_tail()

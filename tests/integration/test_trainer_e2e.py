@@ -136,8 +136,21 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
     assert refined and all(len(r["chosen_train"]) == len(r["rejected_train"]) == 2 for r in refined)
 
 
-def test_grounded_sampling_on_the_real_engine(tiny_llama: Path, tmp_path: Path) -> None:
-    """Verifier hints, constrained verdicts and service-like plain critiques from real vLLM."""
+def test_grounded_sampling_on_the_real_engine(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verifier hints, constrained verdicts and service-like plain critiques from real vLLM, on
+    the one-engine layout (the test above samples on layout two)."""
+    from service.engines import vllm_engines
+
+    started: list[int] = []
+    real_load_one = vllm_engines.load_one_engine
+
+    def load_one(model: Path, config: object, token: int) -> object:
+        started.append(token)
+        return real_load_one(model, config, token)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vllm_engines, "load_one_engine", load_one)
     cfg = load_config(
         None,
         [
@@ -147,11 +160,15 @@ def test_grounded_sampling_on_the_real_engine(tiny_llama: Path, tmp_path: Path) 
             "sampling.num_critiques=2",
             "sampling.plain_critiques=1",
             "sampling.max_tokens=16",
-            "engine.max_model_len=1024",
+            "engine.layout=one",
+            # The one engine adds the scoring request's sampled token: 1000 + 1 fits the tiny
+            # model's 1024 positions.
+            "engine.max_model_len=1000",
             "engine.kv_cache_gib=0.25",
         ],
     )
     markers = run_pipeline(cfg, until="filter")
+    assert len(started) == 1  # the sampling stage ran on the one engine
     pairs = sum(markers["data"]["train"].values())
     assert markers["sample"]["grounded_pairs"] == pairs
     assert markers["sample"]["unparseable_dropped"] == 0  # the verdict is constrained

@@ -4,6 +4,7 @@ tested over HTTP in tests/integration/test_one_engine_http.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -95,3 +96,82 @@ def test_info_and_the_model_metric_name_the_layout(checkpoint_root: Path) -> Non
         wait_ready(c)
         assert c.get("/info").json()["engines"]["layout"] == "one"
         assert 'engine_layout="one"' in c.get("/metrics").text
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.shut = 0
+
+    def shutdown(self) -> None:
+        self.shut += 1
+
+
+def test_alone_the_generator_or_the_scorer_owns_the_one_engine(
+    default_version: CheckpointVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's sampling stage (generator alone) and an m = 0 evaluation (scorer alone) on
+    layout one start the one engine, and shutting down what they got stops it exactly once."""
+    from service.engines import factory, vllm_engines
+
+    started: list[tuple[Path, int]] = []
+
+    def fake_load_one(model: Path, config: EngineConfig, token: int) -> Any:
+        started.append((model, token))
+        engine = _Engine()
+        return (
+            vllm_engines.VllmCritiqueGenerator(engine, banned_token=token),
+            vllm_engines.VllmLogitScorer(engine, token),
+        )
+
+    monkeypatch.setattr(vllm_engines, "load_one_engine", fake_load_one)
+    one = EngineConfig(engine_layout="one")
+    token = load_formatter(default_version, one).reward_logit_id()
+
+    generator = factory.load_generator(default_version, one)
+    assert isinstance(generator, vllm_engines.VllmCritiqueGenerator)
+    assert generator.logit_bias == {token: -100.0}
+    generator.shutdown()
+    assert generator.engine.shut == 1
+
+    scorer = factory.load_scorer(default_version, one)
+    assert isinstance(scorer, vllm_engines.VllmLogitScorer) and scorer.token == token
+    scorer.shutdown()
+    assert scorer.engine.shut == 1
+    # Both over the scorer view: the weights the reward head belongs to.
+    assert started == [(default_version.scorer_path, token)] * 2
+
+    with pytest.raises(ValueError, match="scorer backend vllm"):
+        factory.load_scorer(
+            default_version, EngineConfig(engine_layout="one", scorer_backend="torch")
+        )
+
+
+def test_the_trainer_samples_on_the_layout_its_recipe_names(tmp_path: Path) -> None:
+    from trainer.config import load_config
+    from trainer.pipeline import digests
+    from trainer.run import Run
+    from trainer.stages import engine_config
+
+    sampled = set()
+    for layout in ("two", "one"):
+        cfg = load_config(None, [f"out_dir={tmp_path / layout}", f"engine.layout={layout}"])
+        assert engine_config(Run(cfg, digests(cfg))).engine_layout == layout
+        sampled.add(digests(cfg)["sample"])
+    assert len(sampled) == 2  # a run resumed on the other layout samples again
+    with pytest.raises(ValueError, match="layout"):
+        load_config(None, ["engine.layout=three"])
+
+
+def test_a_backbone_the_one_engine_cannot_run_is_refused_before_any_engine_starts(
+    tmp_path: Path,
+) -> None:
+    from service.engines.vllm_plugin import check_backbone
+
+    for arch in ("LlamaForCausalLM", "MistralForCausalLM"):
+        (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch]}))
+        check_backbone(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Gemma3ForCausalLM"]}))
+    with pytest.raises(
+        ValueError, match="Gemma3ForCausalLM: serve this checkpoint on layout 'two'"
+    ):
+        check_backbone(tmp_path)
