@@ -9,7 +9,8 @@ Paths (same checkpoint, pairs, m, critique length and sampling settings):
   c  assemble-it-yourself: two `vllm serve` processes and an async client
   d  the engine-only ceiling: critic-rm's vLLM engines in-process, whole workload at once
   a and d run once per engine layout in --layouts (two: generator + pooling scorer; one: one
-  engine whose reserved token's logit is the reward), named e.g. d:engine-only[one]
+  engine whose reserved token's logit is the reward; one:bfloat16: that engine in bfloat16),
+  named e.g. d:engine-only[one]
   e  m = 0, the standard-RM path, on a, c and d; and OpenRLHF's serve_rm when --openrlhf-src is given
 
 For each: pairs/s, p50/p99 latency, machine CPU-seconds per pair, prompt tokens submitted and
@@ -76,6 +77,15 @@ def m0_check(runs: list[PathRun]) -> dict[str, float]:
     return {r.path: max(abs(a - b) for a, b in zip(r.rewards, base, strict=True)) for r in runs}
 
 
+def layout_spec(spec: str) -> tuple[str, str | None]:
+    """`one` or `one:bfloat16`: an engine layout, and the scorer dtype it runs in (None: the
+    setting's default; the one engine runs in the scorer dtype)."""
+    layout, _, dtype = spec.partition(":")
+    if layout not in ("two", "one"):
+        raise SystemExit(f"--layouts: unknown engine layout {layout!r} in {spec!r}")
+    return layout, dtype or None
+
+
 def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     paths = set(args.paths.split(","))
@@ -98,10 +108,11 @@ def main(args: argparse.Namespace) -> int:
             with_results.append((run, results))
 
     layouts = args.layouts.split(",")
-    for layout in layouts if "a" in paths else []:
-        tag = "" if layout == "two" else f"[{layout}]"
-        print(f"a: critic-rm over HTTP, engine layout {layout}", flush=True)
-        env = {"CRM_ENGINE_LAYOUT": layout}
+    for spec in layouts if "a" in paths else []:
+        layout, dtype = layout_spec(spec)
+        tag = "" if spec == "two" else f"[{spec}]"
+        print(f"a: critic-rm over HTTP, engine layout {spec}", flush=True)
+        env = {"CRM_ENGINE_LAYOUT": layout, **({"CRM_SCORER_DTYPE": dtype} if dtype else {})}
         with path_service.critic_rm_server(args.checkpoint_root, logs, env) as url:
             path_service.run(url, warm, mode="single", concurrency=4, batch=1)
             done(
@@ -117,9 +128,12 @@ def main(args: argparse.Namespace) -> int:
                     url, w, mode="batched", concurrency=1, batch=args.batch, m=0, tag=tag
                 )
             )
-    for layout in layouts if "d" in paths else []:
-        print(f"d: engine-only, in-process, engine layout {layout}", flush=True)
-        for run, results in path_engine.run(args.checkpoint_root, w, warm, [w.m, 0], layout):
+    for spec in layouts if "d" in paths else []:
+        layout, dtype = layout_spec(spec)
+        print(f"d: engine-only, in-process, engine layout {spec}", flush=True)
+        for run, results in path_engine.run(
+            args.checkpoint_root, w, warm, [w.m, 0], layout, scorer_dtype=dtype
+        ):
             done(run, results)
     if "c" in paths:
         print("c: two `vllm serve` + async client", flush=True)
@@ -219,7 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--layouts",
         default="two,one",
-        help="engine layouts of paths a and d (CRM_ENGINE_LAYOUT), side by side",
+        help="engine layouts of paths a and d (CRM_ENGINE_LAYOUT), side by side; layout:dtype "
+        "sets the scorer dtype too (CRM_SCORER_DTYPE), e.g. two,one,one:bfloat16",
     )
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--m", type=int, default=4)

@@ -79,15 +79,24 @@ def engine_rss_gib() -> float:
 
 
 def run(
-    checkpoint_root: Path, w: Workload, warm: Workload, ms: list[int], layout: str = "two"
+    checkpoint_root: Path,
+    w: Workload,
+    warm: Workload,
+    ms: list[int],
+    layout: str = "two",
+    scorer_dtype: str | None = None,
 ) -> list[tuple[PathRun, list[dict[str, Any]]]]:
     """One run per m in `ms`, on the engines of one layout (started once; the start is timed
-    and reported, not counted in the runs)."""
-    tag = "" if layout == "two" else f"[{layout}]"
+    and reported, not counted in the runs), the scorer in `scorer_dtype` if given."""
+    name = layout if scorer_dtype is None else f"{layout}:{scorer_dtype}"
+    tag = "" if name == "two" else f"[{name}]"
+    settings = Settings(checkpoint_root=checkpoint_root, engine_layout=layout)
+    if scorer_dtype is not None:
+        settings = settings.model_copy(update={"scorer_dtype": scorer_dtype})
 
     async def main() -> list[tuple[PathRun, list[dict[str, Any]]]]:
         t0 = time.perf_counter()
-        rt = await load_runtime(Settings(checkpoint_root=checkpoint_root, engine_layout=layout))
+        rt = await load_runtime(settings)
         start_s = time.perf_counter() - t0
         try:
             await _workload(rt, warm, warm.m)
@@ -103,7 +112,7 @@ def run(
                     (
                         PathRun(
                             path=("d:engine-only" if m > 0 else "e:engine-only-m0") + tag,
-                            label=f"vLLM engines ({layout}) in-process, whole workload at once, "
+                            label=f"vLLM engines ({name}) in-process, whole workload at once, "
                             f"m={m}",
                             pairs=w.n,
                             wall_s=meter.wall_s,
@@ -114,6 +123,7 @@ def run(
                             rewards=[r["reward"] for r in results],
                             breakdown_s=stages,
                             notes=notes,
+                            float32=settings.scorer_dtype == "float32",
                         ),
                         results,
                     )

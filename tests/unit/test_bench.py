@@ -117,3 +117,34 @@ def test_the_refine_curve_reads_best_and_latest_from_one_trajectory() -> None:
     ]
     lo, hi = wilson(5, 10)
     assert lo < 0.5 < hi and wilson(0, 10)[0] == 0.0
+
+
+def test_the_dtype_bench_counts_drift_accuracy_and_order_flips() -> None:
+    """Two pairs, m = 2 critiques for the first: hand-worked drift, accuracy and flips."""
+    from argparse import Namespace
+
+    from loadtests.bench_dtype import summarise
+
+    ref = {"plain": [2.0, 1.0, 1.0, 1.5], "with_z": [3.0, 3.0, 1.0, 1.0]}
+    # bf16-like: pair 2 at m = 0 now ranks chosen first; the critique rewards drift by 0.5.
+    low = {"plain": [2.0, 1.0, 1.6, 1.5], "with_z": [3.0, 2.5, 1.0, 1.5]}
+    raw = {
+        "critique_pairs": 1,
+        "runs": [{"dtype": "float32"}, {"dtype": "bfloat16"}],
+        "float32": ref,
+        "bfloat16": low,
+        "reference": ref,
+    }
+    out = summarise(Namespace(m=2), raw)
+    assert (
+        out["reference_accuracy_m0"]["correct"] == 1 and out["reference_accuracy_m0"]["pairs"] == 2
+    )
+    assert out["reference_median_abs_margin_m0"] == pytest.approx(0.75)
+    f32, bf16 = out["rows"]
+    assert f32["drift_m0"]["max"] == 0 and f32["order_flips_vs_reference_m0"] == 0
+    assert bf16["drift_m0"]["max"] == pytest.approx(0.6)
+    assert bf16["drift_m0"]["mean"] == pytest.approx(0.15)
+    assert bf16["drift_critique"]["max"] == pytest.approx(0.5)
+    assert bf16["accuracy_m0"]["correct"] == 2 and bf16["order_flips_vs_reference_m0"] == 1
+    # m = 2: chosen 3.0 vs rejected 1.0 (reference), 2.75 vs 1.25 (bf16): same order.
+    assert bf16["accuracy_m2"]["correct"] == 1 and bf16["order_flips_vs_reference_m2"] == 0
