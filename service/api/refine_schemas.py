@@ -12,6 +12,7 @@ from service.api.schemas import (
     SamplingFields,
     _check_prompt,
     _not_blank,
+    critiques_asked,
 )
 from service.checkpoint.critique_format import StructuredCritique
 from service.checkpoint.manifest import SamplingDefaults
@@ -71,9 +72,7 @@ class RefineRequest(SamplingFields):
         return True  # the verdicts drive the stop rule, the analysis drives the revision
 
     def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
-        return (
-            self.num_critiques if self.num_critiques is not None else max(defaults.num_critiques, 1)
-        ), "num_critiques"
+        return critiques_asked(self.num_critiques, defaults), "num_critiques"
 
     def refine_options(self, defaults: SamplingDefaults, settings: Settings) -> RefineOptions:
         """The loop's options; OptionError naming the field for one over its limit."""

@@ -106,6 +106,12 @@ class SamplingFields(BaseModel):
         return False
 
 
+def critiques_asked(value: int | None, defaults: SamplingDefaults) -> int:
+    """m for an endpoint that reads critiques (/critique, /refine): as asked, else the
+    checkpoint's default but at least one, whatever that default is."""
+    return value if value is not None else max(defaults.num_critiques, 1)
+
+
 class ScoreRequest(SamplingFields):
     """POST /score."""
 
@@ -137,8 +143,7 @@ class CritiqueRequest(SamplingFields):
         return self.format == "structured"
 
     def _num_critiques(self, defaults: SamplingDefaults) -> tuple[int | None, str]:
-        # A critique endpoint always samples one at least, whatever the checkpoint's default m.
-        return (self.n if self.n is not None else max(defaults.num_critiques, 1)), "n"
+        return critiques_asked(self.n, defaults), "n"
 
     @field_validator("response")
     @classmethod

@@ -139,6 +139,13 @@ class PromptFormatter:
                 text = text.replace(control, control[0] + _WORD_JOINER + control[1:])
         return text
 
+    def neutral_messages(self, prompt: str | Sequence[Message]) -> list[Message]:
+        """The prompt as chat messages, each message's text neutralised."""
+        return [
+            {"role": m["role"], "content": self.neutralise(m["content"])}
+            for m in normalize_prompt(prompt)
+        ]
+
     def check_length(
         self, prompt: str | Sequence[Message], response: str, truncate_prompt: bool = False
     ) -> None:
@@ -315,10 +322,7 @@ class PromptFormatter:
         """Encode one item, checking it fits the context; left-truncate the prompt if asked.
         Control-token strings in the prompt and response are neutralised first."""
         self.check_length(prompt, response, truncate_prompt)
-        messages = [
-            {"role": m["role"], "content": self.neutralise(m["content"])}
-            for m in normalize_prompt(prompt)
-        ]
+        messages = self.neutral_messages(prompt)
         response = self.neutralise(response)
         truncated = False
         if sum(len(m["content"]) for m in messages) > self.max_chars:

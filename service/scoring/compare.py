@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from service.contract.formatting import InputTooLongError, Message, normalize_prompt
+from service.contract.formatting import Message
 from service.contract.judging import (
     DEFAULT_RUBRIC,
     FALLBACK_CRITERIA,
@@ -73,6 +73,11 @@ class CompareOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+def response_field(i: int, name: str) -> str:
+    """/compare's names for its m = 0 scoring items: the prompt, and responses[i]."""
+    return "prompt" if name == "prompt" else f"responses[{i}]"
+
+
 def sigmoid(x: float) -> float:
     """Without overflow for any finite reward difference."""
     if x >= 0:
@@ -107,20 +112,14 @@ class Comparer:
         deadline: float | None,
     ) -> CompareOutcome:
         fmt = runtime.formatter
-        for i, r in enumerate(responses):
-            try:
-                fmt.check_length(prompt, r, False)
-            except InputTooLongError as exc:
-                name = "prompt" if exc.field == "prompt" else f"responses[{i}]"
-                raise InvalidRequest(name, str(exc)) from None
-        messages = [
-            {"role": m["role"], "content": fmt.neutralise(m["content"])}
-            for m in normalize_prompt(prompt)
-        ]
-        texts = [fmt.neutralise(r) for r in responses]
-        # m = 0 rewards through the batcher, for the Bradley-Terry probability beside each pair.
+        # m = 0 rewards through the batcher, for the Bradley-Terry probability beside each pair;
+        # it checks every response's length first, and names them as this request does.
         m0 = ScoreOptions(0, opts.temperature, opts.top_p, 1)
-        scored = await self.service.score([(prompt, r) for r in responses], m0, deadline, runtime)
+        scored = await self.service.score(
+            [(prompt, r) for r in responses], m0, deadline, runtime, field=response_field
+        )
+        messages = fmt.neutral_messages(prompt)
+        texts = [fmt.neutralise(r) for r in responses]
         rewards = [s.result.reward for s in scored.items]
         out = CompareOutcome(runtime.model_version, [], None, rewards, warnings=scored.warnings)
         pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))]

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 Item = tuple["str | Sequence[Message]", str]
 T = TypeVar("T")
+# How a request names item i's "prompt" or "response" in its errors and warnings.
+FieldNamer = Callable[[int, str], str]
+
+
+def item_field(i: int, name: str) -> str:
+    """/score's own names: items[i].prompt, items[i].response."""
+    return f"items[{i}].{name}"
 
 
 @dataclass
@@ -133,12 +140,14 @@ class RewardService:
         opts: ScoreOptions,
         deadline: float | None = None,
         runtime: ModelRuntime | None = None,
+        field: FieldNamer = item_field,
     ) -> ScoreOutcome:
         """Score items, wholly on one model version (`runtime`, by default the served one);
-        `deadline` is an event-loop time after which the request gives up."""
+        `deadline` is an event-loop time after which the request gives up. Errors and warnings
+        name item i's prompt or response by `field` (the caller's own request fields)."""
         runtime = runtime or self.model.require_runtime()
         with self.tracked(), runtime.use():
-            return await self._score(items, opts, deadline, runtime)
+            return await self._score(items, opts, deadline, runtime, field)
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator[None]:
@@ -158,14 +167,15 @@ class RewardService:
         opts: ScoreOptions,
         deadline: float | None,
         runtime: ModelRuntime,
+        field: FieldNamer,
     ) -> ScoreOutcome:
-        self._validate(items, opts, runtime)
+        self._validate(items, opts, runtime, field)
         # Refuse at once, before any tokenising or cache round trip, when the queue cannot take
         # every item (some might have been cache hits: under overload that is the price of a
         # 429 that costs nothing). The exact check after the cache lookup still holds.
         self.admission.admit(len(items))
         t0 = time.perf_counter()
-        encoded = await asyncio.to_thread(self._encode_all, runtime, items, opts)
+        encoded = await asyncio.to_thread(self._encode_all, runtime, items, opts, field)
         self.metrics.stage_seconds.labels("tokenize").observe(time.perf_counter() - t0)
         room = verdict_room(runtime.formatter) if opts.structured else 0
         spec = SamplingSpec.for_options(opts, room)
@@ -227,7 +237,7 @@ class RewardService:
             await self.cache.set_many([(k, r.to_json()) for k, r in computed])
         warnings = runtime.warnings
         warnings += [
-            f"items[{i}].prompt was left-truncated to fit the model context"
+            f"{field(i, 'prompt')} was left-truncated to fit the model context"
             for i, s in enumerate(scored)
             if s.truncated
         ]
@@ -245,7 +255,9 @@ class RewardService:
             self.metrics.request_failures.labels("deadline").inc()
             raise DeadlineExceeded(f"{what} not ready within the request deadline") from None
 
-    def _validate(self, items: Sequence[Item], opts: ScoreOptions, runtime: ModelRuntime) -> None:
+    def _validate(
+        self, items: Sequence[Item], opts: ScoreOptions, runtime: ModelRuntime, field: FieldNamer
+    ) -> None:
         if len(items) > self.settings.max_items_per_request:
             raise InvalidRequest(
                 "items", f"at most {self.settings.max_items_per_request} items per request"
@@ -254,7 +266,7 @@ class RewardService:
             try:  # O(1) per item: over-long text never reaches the tokenizer
                 runtime.formatter.check_length(prompt, response, opts.truncate_prompt)
             except InputTooLongError as exc:
-                raise InvalidRequest(f"items[{idx}].{exc.field}", str(exc)) from exc
+                raise InvalidRequest(field(idx, exc.field), str(exc)) from exc
 
     def _decode_hit(self, raw: object, num_critiques: int) -> ItemResult | None:
         """A cached value as a result; anything else (corrupt, foreign, non-finite, the wrong
@@ -311,7 +323,7 @@ class RewardService:
                     self._forget(sh)
 
     def _encode_all(
-        self, runtime: ModelRuntime, items: Sequence[Item], opts: ScoreOptions
+        self, runtime: ModelRuntime, items: Sequence[Item], opts: ScoreOptions, field: FieldNamer
     ) -> list[EncodedItem]:
         out = []
         for idx, (prompt, response) in enumerate(items):
@@ -326,5 +338,5 @@ class RewardService:
                     )
                 )
             except InputTooLongError as exc:
-                raise InvalidRequest(f"items[{idx}].{exc.field}", str(exc)) from exc
+                raise InvalidRequest(field(idx, exc.field), str(exc)) from exc
         return out

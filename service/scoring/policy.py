@@ -54,8 +54,7 @@ class ServedPolicy:
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         fmt = self.runtime.formatter
-        safe = [{"role": m["role"], "content": fmt.neutralise(m["content"])} for m in messages]
-        return fmt.chat_ids(safe, add_generation_prompt=True)
+        return fmt.chat_ids(fmt.neutral_messages(messages), add_generation_prompt=True)
 
     async def revise(self, messages: Sequence[Message], spec: RevisionSpec) -> list[Critique]:
         ids = await asyncio.to_thread(self.prompt_ids, messages)

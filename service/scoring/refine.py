@@ -19,8 +19,8 @@ from service.contract.options import ScoreOptions
 from service.contract.revision import revision_messages
 from service.engines.base import Critique
 from service.model.runtime import ModelRuntime
-from service.scoring.core import RewardService
-from service.scoring.errors import InvalidRequest, PolicyFailure
+from service.scoring.core import FieldNamer, RewardService, item_field
+from service.scoring.errors import PolicyFailure
 from service.scoring.policy import Policy, RevisionSpec
 
 StopRule = Literal["verdict", "no_improvement", "never"]
@@ -118,12 +118,10 @@ class Refiner:
         metrics = self.service.metrics
         usage = RefineUsage()
         warnings: list[str] = []
-        try:
-            first = await self._score(prompt, [response], opts, runtime, deadline, usage, warnings)
-        except InvalidRequest as exc:
-            # The request's own field names, not those of the /score item it was sent as.
-            field = exc.field.removeprefix("items[0].")
-            raise InvalidRequest(field, exc.message, exc.status) from None
+        # Errors about the original name the request's own fields, prompt and response.
+        first = await self._score(
+            prompt, [response], opts, runtime, deadline, usage, warnings, field=lambda _, f: f
+        )
         original = first[0]
         best, best_round = original, 0
         rounds: list[RefineRound] = []
@@ -212,9 +210,10 @@ class Refiner:
         deadline: float | None,
         usage: RefineUsage,
         warnings: list[str],
+        field: FieldNamer = item_field,
     ) -> list[Scored]:
         outcome = await self.service.score(
-            [(prompt, r) for r in responses], opts.scoring, deadline, runtime
+            [(prompt, r) for r in responses], opts.scoring, deadline, runtime, field
         )
         for w in outcome.warnings:
             if w not in warnings:
