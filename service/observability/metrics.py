@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Geometric buckets: 1 ms .. ~262 s for latencies, powers of two for sizes.
 SECONDS = tuple(0.001 * 2**i for i in range(19))
@@ -16,6 +16,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_start_time_seconds (restarts), process_resident_memory_bytes (leaks), CPU.
+        ProcessCollector(registry=r)
         self.request_seconds = Histogram(
             "critic_rm_request_duration_seconds",
             "HTTP request latency by route and status code.",
@@ -52,6 +54,11 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "critic_rm_queue_depth", "Items waiting for the micro-batcher.", registry=r
+        )
+        self.queue_limit = Gauge(
+            "critic_rm_queue_limit",
+            "Items allowed to wait for the micro-batcher (CRM_MAX_QUEUE_ITEMS); beyond it, 429.",
+            registry=r,
         )
         self.abandoned_items = Counter(
             "critic_rm_abandoned_items",
@@ -165,6 +172,15 @@ class Metrics:
             "External /refine policy calls that failed (timeout, refused, malformed answer).",
             registry=r,
         )
+
+        # Alerts take increase() of these: a series must exist (at 0) before its first event,
+        # or the first failure after a start would not count.
+        for result in ("ok", "failed", "unchanged"):
+            self.reloads.labels(result)
+        for stage in ("generate", "score", "health"):
+            self.engine_errors.labels(stage=stage)
+        for op in ("get", "set", "decode"):
+            self.cache_errors.labels(op=op)
 
     def set_model(self, model_version: str, base_model: str, trained: bool, layout: str) -> None:
         self.model_info.clear()

@@ -93,6 +93,7 @@ class RewardService:
             on_depth=metrics.queue_depth.set,
             on_abandoned=metrics.abandoned_items.inc,
         )
+        metrics.queue_limit.set(settings.max_queue_items)
         self.admission = Admission(
             self.batcher,
             runner,

@@ -260,3 +260,25 @@ def test_helm_chart_ships_the_same_dashboard() -> None:
     assert CHART_COPY.read_bytes() == DASHBOARD.read_bytes(), (
         f"{CHART_COPY} differs from {DASHBOARD}: copy the dashboard into the chart"
     )
+
+
+def test_scrape_intervals_and_rate_windows_agree() -> None:
+    """The chart's ServiceMonitor and the compose Prometheus scrape at one interval, Grafana's
+    data source knows it (so $__rate_interval spans at least 4 scrapes), and every range in a
+    panel is $__rate_interval: a fixed window shorter than 2 scrapes would draw no data."""
+    import yaml
+
+    chart = yaml.safe_load((REPO / "k8s" / "critic-rm" / "values.yaml").read_text())
+    prom = yaml.safe_load((REPO / "docker" / "prometheus" / "prometheus.yml").read_text())
+    source = yaml.safe_load(
+        (
+            REPO / "docker" / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+        ).read_text()
+    )
+    (ds,) = source["datasources"]
+    interval = chart["serviceMonitor"]["interval"]
+    assert prom["global"]["scrape_interval"] == interval
+    assert ds["jsonData"]["timeInterval"] == interval
+    for where, expr in expressions(dashboard()):
+        for window in re.findall(r"\[([^\]]+)\]", expr):
+            assert window == "$__rate_interval", f"{where}: range [{window}]"

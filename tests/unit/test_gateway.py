@@ -272,8 +272,14 @@ def test_metrics_are_exported(client: TestClient) -> None:
         'critic_rm_cache_misses_total{backend="memory"} 1.0',
         "critic_rm_reward_bucket",
         "critic_rm_model_info{",
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
     ):
         assert name in text, name
+    # The queue's limit beside its depth: the saturation alert divides one by the other.
+    assert (
+        f"critic_rm_queue_limit {float(Settings.model_fields['max_queue_items'].default)}" in text
+    )
 
 
 def test_ready_only_after_a_warm_up_through_both_engines(checkpoint_root: Path) -> None:
