@@ -8,6 +8,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 SECONDS = tuple(0.001 * 2**i for i in range(19))
 SIZES = tuple(float(2**i) for i in range(13))
 REWARDS = tuple(float(x) / 2 for x in range(-20, 21))
+# critic_rm_request_failures_total's reasons, exported at 0 from the start.
+FAILURE_REASONS = (
+    "body_timeout",
+    "body_too_large",
+    "client_disconnected",
+    "deadline",
+    "engine_error",
+    "queue_full",
+)
 
 
 class Metrics:
@@ -181,6 +190,8 @@ class Metrics:
             self.engine_errors.labels(stage=stage)
         for op in ("get", "set", "decode"):
             self.cache_errors.labels(op=op)
+        for reason in FAILURE_REASONS:
+            self.request_failures.labels(reason)
 
     def set_model(self, model_version: str, base_model: str, trained: bool, layout: str) -> None:
         self.model_info.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,18 +25,19 @@ pytestmark = pytest.mark.engine
 SCRAPE_S = 1
 # $__rate_interval for a 1 s scrape: Grafana's own rule gives max(4 x scrape, step + scrape).
 RATE_WINDOW = "20s"
-# Panel queries this traffic leaves empty, and why (every other one must return series).
-EXPECTED_EMPTY = {
-    ("5xx ratio", "A"): "no request failed with a 5xx (sum() over no series is empty)",
+# Panel queries this traffic may leave empty, and why (every other one must return series).
+MAY_BE_EMPTY = {
+    ("5xx ratio", "A"): "sum() over no 5xx series is empty; the readiness polls answered 503 "
+    "while the engines loaded give it data, if this gateway was started by the test session",
 }
 SMALL = {"num_critiques": 1, "max_critique_tokens": 8}
 ITEM = {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5."}
 
 
-@pytest.fixture(scope="module")
-def prometheus(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture
+def prometheus(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
     binary = require_tool("prometheus")
-    work = tmp_path_factory.mktemp("prometheus")
+    work = tmp_path
     target = live_server.url.removeprefix("http://")
     config = {
         "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
@@ -99,7 +101,7 @@ def send_traffic(server: LiveServer) -> None:
             )
         r = http.post("/score", json={"items": [ITEM], **SMALL, "use_cache": False})
         assert r.status_code == 200, r.text
-        r = http.post("/critique", json={"items": [ITEM], **SMALL})
+        r = http.post("/critique", json={**ITEM, "n": 1, "max_critique_tokens": 8})
         assert r.status_code == 200, r.text
         refine = {**ITEM, **SMALL, "rounds": 1, "candidates": 1, "stop": "never"}
         r = http.post("/refine", json={**refine, "max_revision_tokens": 8})
@@ -132,10 +134,8 @@ def test_every_panel_query_evaluates_on_a_real_prometheus(
             if not result:
                 empty.append((panel["title"], target["refId"]))
     assert evaluated > 40
-    unexpected = sorted(set(empty) - set(EXPECTED_EMPTY))
+    unexpected = sorted(set(empty) - set(MAY_BE_EMPTY))
     assert not unexpected, f"panels with no data after traffic that should feed them: {unexpected}"
-    stale = sorted(set(EXPECTED_EMPTY) - set(empty))
-    assert not stale, f"EXPECTED_EMPTY names panels that do have data: {stale}"
 
     # The alert rules loaded and evaluate without error on the same Prometheus; none fires.
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
@@ -143,9 +143,6 @@ def test_every_panel_query_evaluates_on_a_real_prometheus(
     assert set(loaded) == {r["alert"] for r in rules()}
     assert all(r["health"] == "ok" for r in loaded.values()), loaded
     assert not [r["name"] for r in loaded.values() if r["state"] == "firing"]
-
-
-def test_the_gateway_target_is_up_without_scrape_errors(prometheus: str) -> None:
     targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
     (active,) = targets["activeTargets"]
     assert active["health"] == "up" and not active["lastError"], active

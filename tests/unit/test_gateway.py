@@ -312,3 +312,19 @@ def test_ready_only_after_a_warm_up_through_both_engines(checkpoint_root: Path) 
         wait_ready(c)
         _, scorer = engines(c)
         assert scorer.calls, "warm-up did not reach the scorer"
+
+
+def test_every_failure_reason_the_gateway_counts_is_exported_from_the_start() -> None:
+    """A reason first counted after a start would be invisible to rate() and increase() for
+    one scrape; every literal reason in the service must be in FAILURE_REASONS."""
+    import re
+
+    from service.observability.metrics import FAILURE_REASONS
+
+    root = Path(__file__).resolve().parents[2] / "service"
+    used = {
+        m
+        for path in root.rglob("*.py")
+        for m in re.findall(r'request_failures\.labels\("(\w+)"\)', path.read_text())
+    }
+    assert used and used <= set(FAILURE_REASONS), used - set(FAILURE_REASONS)
