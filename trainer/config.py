@@ -97,6 +97,14 @@ class TrainConfig(_Section):
         "weights without LoRA); None: every layer.",
     )
     grad_clip: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="Autocast through Accelerate (weights stay in train.dtype): bf16 with "
+        "float32 weights is what FSDP on GPUs wants.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, about 30% slower."
+    )
     reward_inputs: list[RewardInput] = Field(
         default_factory=lambda: list[RewardInput](["plain", "sampled"]),
         description="What the reward head reads in critic mode: plain = [x; y] (the m = 0 "
@@ -156,6 +164,39 @@ class EngineConfig(_Section):
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 256
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per engine (a backbone too large for one), as the service."
+    )
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Of each GPU, for an engine (the trainer runs one at a time)."
+    )
+    data_parallel: int = Field(
+        1,
+        ge=1,
+        description="Engine replicas for critique sampling, each on its own tensor_parallel_size "
+        "GPUs; the pairs are sharded among them and merged back in order, resumable per shard "
+        "(on CPU the replicas run one after another).",
+    )
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking (not part of any stage's digest: changing it reruns nothing)."""
+
+    tensorboard: bool = Field(True, description="TensorBoard event files under OUT/tb.")
+    wandb: bool = Field(
+        False,
+        description="Weights & Biases (pip install wandb; WANDB_MODE=offline writes OUT/wandb "
+        "without a network).",
+    )
+    project: str = "critic-rm"
+
+
+class CheckpointingConfig(_Section):
+    """Step-level checkpoints of the train stage (trainer.train_state; not in any digest)."""
+
+    every_steps: int = Field(
+        50, ge=0, description="Optimizer steps between checkpoints; 0: only on SIGTERM."
+    )
 
 
 class Config(_Section):
@@ -171,6 +212,8 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    checkpointing: CheckpointingConfig = CheckpointingConfig()
 
     @model_validator(mode="after")
     def _critique_inputs(self) -> Config:

@@ -115,23 +115,39 @@ def build_policy(
     return Policy(model, causal, head, lora, layers)
 
 
-def save_delta(policy: Policy, out: Path, info: dict[str, Any]) -> None:
-    """Write what training changed: adapter (LoRA) or weights (full/partial), and the head."""
+def save_delta(
+    policy: Policy, out: Path, info: dict[str, Any], full_state: dict[str, Any] | None = None
+) -> None:
+    """Write what training changed: adapter (LoRA) or weights (full/partial), and the head.
+    `full_state`: the training module's gathered state (keys model.*, head.weight) when the
+    policy's own weights are FSDP or DeepSpeed shards."""
     out.mkdir(parents=True, exist_ok=True)
-    head = policy.head.weight.detach().float().cpu().reshape(1, -1).contiguous()
+    if full_state is not None:
+        head_weight = full_state["head.weight"]
+        model_state = {
+            k.removeprefix("model."): v for k, v in full_state.items() if k.startswith("model.")
+        }
+        if getattr(policy.causal.config, "tie_word_embeddings", False):
+            # Gathered shards no longer share storage; the tied head is the embedding.
+            model_state.pop("lm_head.weight", None)
+    else:
+        head_weight, model_state = policy.head.weight, None
+    head = head_weight.detach().float().cpu().reshape(1, -1).contiguous()
     save_file({REWARD_HEAD_KEY: head}, str(out / REWARD_HEAD_FILE))
     meta = dict(info)
     if policy.lora is not None:
         from peft import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(policy.model)
+        state = get_peft_model_state_dict(policy.model, state_dict=model_state)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(out / ADAPTER_FILE))
         meta["kind"] = "lora"
         meta["lora"] = policy.lora.model_dump()
         meta["layers"] = policy.layers
     else:
-        policy.causal.save_pretrained(out / FULL_DIR, safe_serialization=True)
+        policy.causal.save_pretrained(
+            out / FULL_DIR, safe_serialization=True, state_dict=model_state
+        )
         meta["kind"] = "full"
     (out / DELTA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from trainer import distributed
 from trainer.config import Config
 from trainer.run import Run, StageError
 from trainer.stages import PIPELINE, Stage
@@ -28,6 +29,7 @@ __all__ = ["STAGES", "Run", "StageError", "digests", "run_pipeline"]
 log = logging.getLogger(__name__)
 
 STAGES = tuple(s.name for s in PIPELINE)
+TRAIN = "train"  # the one stage every process runs (trainer.distributed)
 
 
 def _pick(tree: dict[str, Any], dotted: str) -> Any:
@@ -63,16 +65,22 @@ def run_pipeline(
     if from_stage is not None and from_stage not in names:
         raise StageError(f"unknown stage {from_stage!r}; stages: {', '.join(names)}")
     run = Run(cfg, digests(cfg, stages))
+    todo = [s for s in stages if not (cfg.train.mode == "bt" and s.critic_only)]
+    if not distributed.is_main():
+        return _follow(run, todo, from_stage)
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "config.yaml").write_text(
         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
-    todo = [s for s in stages if not (cfg.train.mode == "bt" and s.critic_only)]
     forced = False
     markers = {}
     for stage in todo:
         forced = forced or stage.name == from_stage
         previous = run.done(stage.name)
+        if stage.name == TRAIN and distributed.launched():
+            # The other processes wait here while the stages before train ran; tell them
+            # whether train runs (they cannot know what this process reran).
+            distributed.broadcast(previous is None or forced)
         if previous is not None and not forced:
             log.info("stage %s: done (%.1f s), skipped", stage.name, previous["seconds"])
             markers[stage.name] = previous
@@ -90,4 +98,16 @@ def run_pipeline(
             )
         if stage.name == until:
             break
+    if distributed.launched() and TRAIN not in markers:
+        distributed.broadcast(False)  # stopped before train (--until): release the others
     return markers
+
+
+def _follow(run: Run, todo: Sequence[Stage], from_stage: str | None) -> dict[str, Any]:
+    """A process other than the main one (under accelerate launch): it waits until the main
+    process reaches train, trains its share, and leaves export, eval and publish to it."""
+    train = next(s for s in todo if s.name == TRAIN)
+    if not distributed.broadcast(None):
+        return {}
+    train.func(run)
+    return {}

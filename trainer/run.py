@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.engines.config import EngineConfig
 from trainer.config import Config
 
 
@@ -52,3 +54,19 @@ class Run:
         if data is None:
             raise StageError(f"stage {stage} has not run in {self.dir}")
         return data
+
+
+def engine_config(run: Run) -> EngineConfig:
+    e = run.cfg.engine
+    return EngineConfig(
+        engine_layout=e.layout,
+        max_model_len=e.max_model_len,
+        kv_cache_gib=e.kv_cache_gib,
+        max_num_seqs=e.max_num_seqs,
+        tensor_parallel_size=e.tensor_parallel_size,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+    )
+
+
+def base_version(run: Run) -> CheckpointVersion:
+    return CheckpointRoot(run.path("base")).resolve(verify_hashes=False)

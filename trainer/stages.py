@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY, SamplingDefaults
-from service.checkpoint.store import CheckpointRoot, CheckpointVersion
-from service.engines.config import EngineConfig
 from trainer.data.load import (
     load_pairs,
     read_json_lines,
@@ -23,26 +21,12 @@ from trainer.data.load import (
     write_jsonl,
 )
 from trainer.data.pairs import PreferencePair
-from trainer.run import Run
+from trainer.run import Run, StageError, base_version, engine_config
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- helpers
-def engine_config(run: Run) -> EngineConfig:
-    e = run.cfg.engine
-    return EngineConfig(
-        engine_layout=e.layout,
-        max_model_len=e.max_model_len,
-        kv_cache_gib=e.kv_cache_gib,
-        max_num_seqs=e.max_num_seqs,
-    )
-
-
-def base_version(run: Run) -> CheckpointVersion:
-    return CheckpointRoot(run.path("base")).resolve(verify_hashes=False)
-
-
 def _counts(pairs: list[PreferencePair]) -> dict[str, int]:
     out: dict[str, int] = {}
     for p in pairs:
@@ -92,6 +76,24 @@ def eval_splits(run: Run) -> dict[str, list[PreferencePair]]:
     return out
 
 
+def _trackers(run: Run) -> list[str]:
+    t = run.cfg.tracking
+    return [name for name, on in (("tensorboard", t.tensorboard), ("wandb", t.wandb)) if on]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Hyperparameters as TensorBoard takes them: flat, scalars or strings."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[f"{prefix}{key}"] = "none" if value is None else value
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
 # ---------------------------------------------------------------- stages
 def stage_data(run: Run) -> dict[str, Any]:
     from trainer.data import synthetic
@@ -127,27 +129,19 @@ def stage_base(run: Run) -> dict[str, Any]:
 
 
 async def stage_sample(run: Run) -> dict[str, Any]:
-    from service.engines.factory import load_formatter, load_generator
-    from trainer.critiques import sample_and_judge
+    from trainer.sampling import sample
 
-    engine_cfg = engine_config(run)
-    version = base_version(run)
-    fmt = load_formatter(version, engine_cfg)
-    pairs = read_jsonl(run.path("train.jsonl"))
-    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
-    try:
-        records, stats = await sample_and_judge(generator, fmt, pairs, run.cfg.sampling)
-    finally:
-        generator.shutdown()
+    records, stats, replicas = await sample(run)
     write_json_lines(records, run.path("critiques.jsonl"))
     return {
-        "pairs": len(pairs),
+        "pairs": len(records),
         "critiques": stats.critiques,
         "unparseable_dropped": stats.unparseable,
         "grounded_pairs": stats.grounded_pairs,
         "teacher_critiques": stats.teacher,
         "hint_echoes_dropped": stats.hint_echoes,
         "per_category": stats.per_category,
+        **replicas,
     }
 
 
@@ -201,9 +195,11 @@ def stage_train(run: Run) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from service.engines.factory import load_formatter
+    from trainer import distributed
     from trainer.examples import build_examples
     from trainer.model import build_policy, resolve_device, save_delta
-    from trainer.train import set_seed, train
+    from trainer.train import Checkpointing, micro_steps, set_seed, train
+    from trainer.train_state import clear as clear_state
 
     cfg, t = run.cfg, run.cfg.train
     version = base_version(run)
@@ -222,7 +218,13 @@ def stage_train(run: Run) -> dict[str, Any]:
         reward_inputs=t.reward_inputs,
     )
     set_seed(cfg.seed)
-    device = resolve_device(t.device)
+    acc = distributed.accelerator(
+        mixed_precision=t.mixed_precision,
+        log_with=_trackers(run),
+        project_dir=str(run.path("tb")),
+        accumulation_steps=micro_steps(t, distributed.world_size()),
+    )
+    device = acc.device if distributed.launched() else resolve_device(t.device)
     lm = AutoModelForCausalLM.from_pretrained(version.generator_path, dtype=torch.float32)
     head = load_file(str(version.scorer_path / REWARD_HEAD_FILE))[REWARD_HEAD_KEY]
     policy = build_policy(
@@ -233,12 +235,36 @@ def stage_train(run: Run) -> dict[str, Any]:
         dtype=getattr(torch, t.dtype),
         device=device,
     )
+    if distributed.kind(acc) == "fsdp" and t.dtype != "float32":
+        raise StageError(
+            "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
+            "train.dtype=float32 and train.mixed_precision=bf16"
+        )
     trainable = sum(p.numel() for p in policy.trainable_named().values())
     pad = fmt.tokenizer.pad_token_id
     pad_id = int(pad if pad is not None else fmt.tokenizer.eos_token_id)
-    result = train(
-        policy, examples, t, seed=cfg.seed, pad_id=pad_id, log_path=run.path("train_log.jsonl")
+    if acc.trackers == [] and _trackers(run):
+        acc.init_trackers(
+            run.cfg.tracking.project,
+            config=_flat(run.cfg.train.model_dump()),
+            init_kwargs={"wandb": {"dir": str(run.dir)}},
+        )
+    checkpoints = Checkpointing(
+        run.path("train_state"), run.digests["train"], run.cfg.checkpointing.every_steps
     )
+    result = train(
+        policy,
+        examples,
+        t,
+        seed=cfg.seed,
+        pad_id=pad_id,
+        log_path=run.path("train_log.jsonl"),
+        acc=acc,
+        checkpoints=checkpoints,
+    )
+    acc.end_training()
+    if not acc.is_main_process:
+        return {}
     manifest = version.manifest
     save_delta(
         policy,
@@ -255,11 +281,18 @@ def stage_train(run: Run) -> dict[str, Any]:
             ).model_dump(),
             "metrics": {"trainer": trainer_info(run)},
         },
+        full_state=result.full_state,
     )
+    clear_state(checkpoints.directory)  # the delta is written: nothing left to resume
     return {
         "examples": len(examples),
         "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
         "train_seconds": result.seconds,
+        "tokens": result.tokens,
+        "tokens_per_s": result.tokens / result.seconds if result.seconds > 0 else None,
+        "processes": acc.num_processes,
+        "distributed": distributed.kind(acc),
         "device": str(device),
         "trainable_params": trainable,
         "loss_c_first": result.mean("loss_c", first=True),

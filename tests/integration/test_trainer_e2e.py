@@ -183,3 +183,43 @@ def test_grounded_sampling_on_the_real_engine(
             assert c["text"].endswith(f"\nOverall judgment: {c['verdict']}")
     report = markers["filter"]["report"]
     assert markers["filter"]["pairs"] == pairs and report["label_disagreements"] == {}
+
+
+def test_sampling_over_two_engine_replicas_merges_in_order_and_resumes_per_shard(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={run_dir}",
+            f"base_model={tiny_llama}",
+            "data.per_category=4",
+            "sampling.num_critiques=2",
+            "sampling.plain_critiques=1",
+            "sampling.max_tokens=8",
+            "sampling.grounded=false",
+            "engine.data_parallel=2",
+            "engine.max_model_len=512",
+            "engine.kv_cache_gib=0.25",
+        ],
+    )
+    markers = run_pipeline(cfg, until="sample")
+    train = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (run_dir / "critiques.jsonl").read_text().splitlines()]
+    # One record per training pair, in the pairs' own order, though two engines sampled them.
+    assert [r["pair"]["prompt"] for r in records] == [p["prompt"] for p in train]
+    assert markers["sample"]["replicas"] == 2 and markers["sample"]["resumed_shards"] == 0
+    assert markers["sample"]["critiques"] == 2 * 2 * len(train)
+    assert all(len(r["chosen_plain"]) == len(r["rejected_plain"]) == 1 for r in records)
+    shards = sorted(p.name for p in (run_dir / "sample_shards").glob("*.jsonl"))
+    assert shards == ["shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]
+
+    # A run that died in sampling after shard 0: only shard 1 is sampled again.
+    (run_dir / "sample_shards" / "shard-1-of-2.json").unlink()
+    (run_dir / "stages" / "sample.json").unlink()
+    again = run_pipeline(cfg, until="sample")
+    assert again["sample"]["resumed_shards"] == 1
+    redone = [json.loads(x) for x in (run_dir / "critiques.jsonl").read_text().splitlines()]
+    assert [r["pair"] for r in redone] == [r["pair"] for r in records]
+    assert [r["chosen"] for r in redone[0::2]] == [r["chosen"] for r in records[0::2]]

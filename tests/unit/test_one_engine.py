@@ -149,8 +149,7 @@ def test_alone_the_generator_or_the_scorer_owns_the_one_engine(
 def test_the_trainer_samples_on_the_layout_its_recipe_names(tmp_path: Path) -> None:
     from trainer.config import load_config
     from trainer.pipeline import digests
-    from trainer.run import Run
-    from trainer.stages import engine_config
+    from trainer.run import Run, engine_config
 
     sampled = set()
     for layout in ("two", "one"):

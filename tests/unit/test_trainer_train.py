@@ -3,6 +3,7 @@ deterministic, λ follows the schedule, and the saved delta reproduces the train
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,94 @@ def test_a_side_without_grounded_critiques_still_gives_reward_pairs_and_its_own_
     # The paper's input needs a critique on both sides: none here.
     only_train = build_examples(fmt, [rec], reward_inputs=["train"], **kw)
     assert all(e.chosen_score is None for e in only_train) and len(only_train) == 2
+
+
+def test_every_process_gets_the_same_number_of_micro_batches_and_each_pair_once() -> None:
+    from trainer.train import micro_steps, shares
+
+    batch: list[Any] = list(range(7))  # a short last step of an epoch: 7 of 8 pairs
+    cfg = CFG.model_copy(update={"pairs_per_step": 8, "micro_batch": 2})
+    count = micro_steps(cfg, 2)
+    assert count == 2
+    parts = [shares(batch, 2, rank, 2, count) for rank in range(2)]
+    assert parts == [[[0, 2], [4, 6]], [[1, 3], [5]]]
+    assert sorted(p for rank in parts for chunk in rank for p in chunk) == batch
+    assert micro_steps(cfg, 1) == 4 and micro_steps(cfg, 8) == 1
+
+
+def test_a_step_checkpoint_of_other_settings_is_not_resumed(
+    tiny_llama: Path, fmt: PromptFormatter, tmp_path: Path
+) -> None:
+    from trainer.train import Checkpointing
+
+    examples = build_examples(
+        fmt, _records(), with_critiques=True, max_critique_tokens=32, max_len=512
+    )
+    cfg = CFG.model_copy(update={"epochs": 1})
+    state = tmp_path / "train_state"
+    first = train(
+        _policy(tiny_llama, True),
+        examples,
+        cfg,
+        seed=0,
+        pad_id=2,
+        progress=False,
+        checkpoints=Checkpointing(state, "digest-a", every=1),
+    )
+    assert json.loads((state / "loop.json").read_text())["step"] == first.steps
+    again = train(
+        _policy(tiny_llama, True),
+        examples,
+        cfg,
+        seed=0,
+        pad_id=2,
+        progress=False,
+        checkpoints=Checkpointing(state, "digest-b", every=0),
+    )
+    assert again.resumed_from == 0 and len(again.log) == first.steps
+    same = train(
+        _policy(tiny_llama, True),
+        examples,
+        cfg,
+        seed=0,
+        pad_id=2,
+        progress=False,
+        checkpoints=Checkpointing(state, "digest-a", every=0),
+    )
+    assert same.resumed_from == first.steps and same.log == []  # nothing left to train
+
+
+def test_sampling_shards_deal_and_merge_back_in_order() -> None:
+    from trainer.sampling import deal, merge, merge_stats
+
+    items = list(range(11))
+    shards = deal(items, 3)
+    assert shards == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert merge(shards) == items
+    stats = merge_stats(
+        [
+            {
+                "critiques": 4,
+                "unparseable": 1,
+                "grounded_pairs": 2,
+                "hint_echoes": 0,
+                "teacher": 0,
+                "per_category": {"code": {"critiques": 4, "unparseable": 1}},
+            },
+            {
+                "critiques": 2,
+                "unparseable": 0,
+                "grounded_pairs": 1,
+                "hint_echoes": 1,
+                "teacher": 0,
+                "per_category": {"code": {"critiques": 2, "unparseable": 0}},
+            },
+        ]
+    )
+    assert (stats.critiques, stats.unparseable, stats.grounded_pairs, stats.hint_echoes) == (
+        6,
+        1,
+        3,
+        1,
+    )
+    assert stats.per_category == {"code": {"critiques": 6, "unparseable": 1}}
