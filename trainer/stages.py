@@ -263,6 +263,12 @@ def stage_train(run: Run) -> dict[str, Any]:
         checkpoints=checkpoints,
     )
     acc.end_training()
+    if run.cfg.tracking.wandb and acc.is_main_process:
+        import wandb
+
+        # Stop W&B's service process now: the CLI reaps its children on exit, and W&B's own
+        # exit hook would then find it gone.
+        wandb.teardown()
     if not acc.is_main_process:
         return {}
     manifest = version.manifest

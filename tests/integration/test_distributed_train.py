@@ -125,6 +125,22 @@ def test_the_cli_under_ddp_trains_exports_and_logs_like_one_process(
     assert len(loss) == steps  # one scalar per optimizer step, from the main process only
 
 
+def test_weights_and_biases_tracks_offline(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = _bt_args(tiny_llama, out, "train.epochs=1", "tracking.wandb=true")
+    env = {**_env(), "WANDB_MODE": "offline"}
+    log = tmp_path / "wandb.log"
+    with log.open("w") as f:
+        cmd = [sys.executable, *args, "--until", "train"]
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    assert rc == 0 and "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    steps = json.loads((out / "stages" / "train.json").read_text())["steps"]
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    body = run_file.read_bytes()
+    for key in (b"train/loss_r", b"train/lambda", b"train/lr", b"train/tokens_per_s"):
+        assert body.count(key) >= steps, key  # one history row per optimizer step
+
+
 def _scalar(file: Path, tag: str) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
