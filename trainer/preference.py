@@ -1,0 +1,139 @@
+"""Preference training of the critique head (issue 12): what a critique achieves, not only
+imitation of kept critiques.
+
+Pure losses over per-sequence log-probabilities (sums over the critique tokens):
+- DPO (Rafailov et al. 2023): −log σ(β·[(log π(c⁺) − log π_ref(c⁺)) − (log π(c⁻) − log π_ref(c⁻))])
+  over (preferred, dispreferred) critique pairs: high- against low-utility critiques of one
+  response (RCO's CU pairs), or kept against rejected judgment trajectories (SyncPL).
+- RCO's pointwise loss, after DRO (Richemond et al. 2024): for the N critiques c_i of one
+  response with utilities CU_i, (log π(c_i)/π_ref(c_i) + log Z − CU_i/β)², with
+  log Z = log mean_i exp(CU_i/β) estimated from the N samples. Its minimum is
+  π ∝ π_ref·exp(CU/β).
+
+The reference policy costs no second copy of the weights: with LoRA it is the same model with
+the adapter disabled (`reference_logps`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from service.engines.torch_scorer import pad_right
+from trainer.examples import LmSequence
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Mean DPO loss over pairs; every argument [P] holds sequence log-probabilities."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin.float()).mean()
+
+
+def rco_loss(
+    policy: torch.Tensor, reference: torch.Tensor, utility: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Mean RCO/DRO pointwise loss; [B, N]: N critiques of each of B responses, their
+    sequence log-probabilities under the policy and the reference, and their utilities."""
+    scaled = utility.float() / beta
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True) - math.log(utility.size(-1))
+    residual = (policy.float() - reference.float()) + log_z - scaled
+    return residual.pow(2).mean()
+
+
+def sequence_logps(model: Any, seqs: Sequence[LmSequence], pad_id: int) -> torch.Tensor:
+    """Σ log p(critique tokens | prompt) per sequence [len(seqs)] under the causal LM `model`
+    (logits only where the critique is)."""
+    device = next(model.parameters()).device
+    ids, mask = pad_right([s.ids for s in seqs], pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    causal = model.base_model.model if hasattr(model, "peft_config") else model
+    hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = torch.zeros_like(mask, dtype=torch.bool)
+    for row, s in enumerate(seqs):
+        target[row, s.target_from : len(s.ids)] = True
+    predict = target[:, 1:]
+    logits = causal.lm_head(hidden[:, :-1][predict]).float()
+    token_logps = torch.gather(
+        F.log_softmax(logits, dim=-1), 1, ids[:, 1:][predict].unsqueeze(1)
+    ).squeeze(1)
+    rows = torch.arange(len(seqs), device=device).unsqueeze(1).expand_as(predict)[predict]
+    out = torch.zeros(len(seqs), device=device, dtype=token_logps.dtype)
+    return out.index_add(0, rows, token_logps)
+
+
+@contextmanager
+def adapter_disabled(model: Any) -> Iterator[None]:
+    """The reference policy: a PeftModel with its adapter switched off (the base weights)."""
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError(
+            "preference training needs LoRA (train.lora.enabled): the reference policy is the "
+            "model with its adapter disabled, not a second copy of the weights"
+        )
+    with model.disable_adapter():
+        yield
+
+
+def reference_logps(model: Any, seqs: Sequence[LmSequence], pad_id: int) -> torch.Tensor:
+    with torch.no_grad(), adapter_disabled(model):
+        return sequence_logps(model, seqs, pad_id)
+
+
+def train_dpo(
+    model: Any,
+    pairs: Sequence[tuple[LmSequence, LmSequence]],
+    *,
+    beta: float,
+    lr: float,
+    epochs: int,
+    pairs_per_step: int,
+    seed: int,
+    pad_id: int,
+) -> list[float]:
+    """DPO on (preferred, dispreferred) critique sequences of a LoRA model, in place; returns
+    the loss of every optimizer step. The reference log-probabilities are computed once, with
+    the adapter disabled, before the first step."""
+    import random
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    ref = [
+        (reference_logps(model, [c], pad_id)[0], reference_logps(model, [r], pad_id)[0])
+        for c, r in pairs
+    ]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    rng = random.Random(seed)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for first in range(0, len(order), pairs_per_step):
+            batch = order[first : first + pairs_per_step]
+            seqs = [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch]
+            logps = sequence_logps(model, seqs, pad_id)
+            n = len(batch)
+            loss = dpo_loss(
+                logps[:n],
+                logps[n:],
+                torch.stack([ref[i][0] for i in batch]),
+                torch.stack([ref[i][1] for i in batch]),
+                beta,
+            )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+    model.eval()
+    return losses
