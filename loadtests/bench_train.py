@@ -145,7 +145,7 @@ def main() -> None:
         default=str(REPO / "trainer/configs/accelerate/cpu_ddp.yaml"),
         help="comma-separated accelerate configs to run beside one process",
     )
-    ap.add_argument("--machine", default=platform.processor() or platform.machine())
+    ap.add_argument("--machine", default=_cpu_model())
     ap.add_argument("--out", default="bench-results/train")
     sub = ap.add_subparsers(dest="cmd")
     w = sub.add_parser("worker")
@@ -211,6 +211,20 @@ def main() -> None:
     }
     (out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'train.json'}")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and its bf16 features (the figures depend on them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "")
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16", "avx2") if f in flags][:2]
+    return f"{name or platform.machine()} ({', '.join(bf16) or 'no bf16 features'})"
 
 
 def _launch_processes(config: Path) -> int:
