@@ -41,7 +41,13 @@ def records() -> list[dict[str, Any]]:
     return out
 
 
-def main(model_dir: str, out_dir: str, kind: str) -> None:
+def main(
+    model_dir: str,
+    out_dir: str,
+    kind: str,
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from service.checkpoint.manifest import Templates
@@ -74,9 +80,11 @@ def main(model_dir: str, out_dir: str, kind: str) -> None:
         head_lr=5e-2,
         constant_lambda=0.5,
         lora=LoraConfig(enabled=kind == "lora", r=4, alpha=8),
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
     )
     acc = distributed.accelerator(
-        mixed_precision="no",
+        mixed_precision=mixed_precision,
         log_with=[],
         project_dir=str(out),
         accumulation_steps=micro_steps(cfg, distributed.world_size()),
@@ -174,6 +182,8 @@ if __name__ == "__main__":
     w.add_argument("model")
     w.add_argument("out")
     w.add_argument("kind", choices=["lora", "full"])
+    w.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    w.add_argument("--gradient-checkpointing", action="store_true")
     c = sub.add_parser("check")
     c.add_argument("--model", required=True)
     c.add_argument("--configs", required=True, help="comma-separated accelerate configs")
@@ -181,6 +191,6 @@ if __name__ == "__main__":
     c.add_argument("--out", default="parity-results")
     args = parser.parse_args()
     if args.cmd == "worker":
-        main(args.model, args.out, args.kind)
+        main(args.model, args.out, args.kind, args.mixed_precision, args.gradient_checkpointing)
     else:
         sys.exit(check(args.model, args.configs.split(","), args.kind, Path(args.out)))

@@ -321,6 +321,7 @@ def stage_export(run: Run) -> dict[str, Any]:
 async def stage_eval(run: Run) -> dict[str, Any]:
     from service.checkpoint.store import CheckpointError
     from trainer.evaluate import evaluate, resolve_checkpoint, write_report
+    from trainer.tracking import log_eval
 
     e = run.cfg.eval
     engine_cfg = engine_config(run)
@@ -347,6 +348,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         results.append(await evaluate(other.path, splits, e.ms, engine_cfg))
         labels.append(label)
     write_report(results, labels, run.path("eval"))
+    log_eval(run, results, labels)
     return {
         "results": [{"label": lbl, **r} for lbl, r in zip(labels, results, strict=True)],
         "not_compared": skipped,

@@ -76,6 +76,26 @@ def test_two_processes_reach_the_one_process_losses_and_weights(
         _assert_same_weights(single / "delta", out / "delta", atol=1e-4)
 
 
+def test_mixed_precision_and_gradient_checkpointing_train_the_same_model(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for name, flags in (
+        ("plain", []),
+        ("checkpointed", ["--gradient-checkpointing"]),
+        ("bf16", ["--mixed-precision", "bf16"]),
+    ):
+        out = tmp_path / name
+        _launch([*WORKER, str(tiny_llama), str(out), "lora", *flags], None, tmp_path / "w.log")
+        runs[name] = json.loads((out / "result.json").read_text())["losses"]
+    # Recomputing activations changes no number; bf16 autocast changes them a little.
+    for other, rel, abs_ in (("checkpointed", 1e-5, 1e-6), ("bf16", 0.05, 0.03)):
+        for (c1, r1), (c2, r2) in zip(runs["plain"], runs[other], strict=True):
+            assert r2 == pytest.approx(r1, rel=rel, abs=abs_), other
+            assert (c1 is None and c2 is None) or c2 == pytest.approx(c1, rel=rel), other
+    assert runs["bf16"] != runs["plain"]  # autocast did run in bf16
+
+
 def _bt_args(tiny_llama: Path, out: Path, *extra: str) -> list[str]:
     sets = [
         f"out_dir={out}",

@@ -90,6 +90,9 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
     assert set(evaluated["by_m"]) == {"0", "1", "2"}
     assert all(0.0 <= a["overall"] <= 1.0 for a in evaluated["by_m"].values())
     assert (tmp_path / "run" / "eval" / "eval.png").stat().st_size > 0
+    # Training and evaluation scalars in the run's TensorBoard files.
+    tb = tmp_path / "run" / "tb" / "critic-rm"
+    assert list(tb.glob("events.out.tfevents.*")) and list((tb / "eval").glob("events.*"))
 
     version = CheckpointRoot(root).resolve()  # verifies every weight hash
     manifest = version.manifest

@@ -378,3 +378,31 @@ def test_sampling_shards_deal_and_merge_back_in_order() -> None:
         1,
     )
     assert stats.per_category == {"code": {"critiques": 6, "unparseable": 1}}
+
+
+def test_eval_accuracies_go_to_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainer.config import load_config
+    from trainer.pipeline import digests
+    from trainer.run import Run
+    from trainer.tracking import eval_scalars, log_eval
+
+    results = [
+        {"splits": {"test": {"0": {"overall": 0.5}, "4": {"overall": 0.75}}}},
+        {"splits": {"test": {"0": {"overall": 0.625}}}},
+    ]
+    labels = ["critic-rm (critic)", "standard RM (bt)"]
+    scalars = eval_scalars(results, labels)
+    assert scalars == {
+        "eval/critic-rm_(critic)/test/m0": 0.5,
+        "eval/critic-rm_(critic)/test/m4": 0.75,
+        "eval/standard_RM_(bt)/test/m0": 0.625,
+    }
+    cfg = load_config(None, [f"out_dir={tmp_path}"])
+    log_eval(Run(cfg, digests(cfg)), results, labels)
+    (events,) = (tmp_path / "tb" / "critic-rm" / "eval").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == set(scalars)
+    assert acc.Scalars("eval/critic-rm_(critic)/test/m4")[0].value == pytest.approx(0.75)
