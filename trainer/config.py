@@ -48,9 +48,17 @@ class SamplingConfig(_Section):
 
 
 class RefineConfig(_Section):
-    method: Literal["ranking", "summarization", "none"] = "ranking"
+    method: Literal["ranking", "summarization", "utility", "none"] = Field(
+        "ranking",
+        description="ranking: the model grades each critique, top K kept; summarization: K "
+        "meta-critiques; utility: RCO's critique utility, M revisions per critique judged by "
+        "the pair's verifier against the original (trainer/utility.py), top K kept and "
+        "(best, worst) critique pairs written; none: the first K.",
+    )
     k: int = Field(1, ge=1, description="Critiques kept (ranking) or written (summarization).")
     max_tokens: int = Field(64, ge=1, description="Tokens of a summarised meta-critique.")
+    revisions: int = Field(5, ge=1, description="utility: revisions per critique (RCO's M).")
+    revision_max_tokens: int = Field(256, ge=1, description="utility: tokens per revision.")
 
 
 class LoraConfig(_Section):

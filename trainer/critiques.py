@@ -247,6 +247,7 @@ async def refine(
 
     ranking: the model as meta-judge grades every critique 1-10; the top K are kept.
     summarization: K meta-critiques, each summarising the N critiques in a different order.
+    utility: RCO's critique utility (trainer.utility); adds "<side>_cu" and "<side>_cu_pair".
     none: the first K critiques as sampled."""
     jobs = [(r, side) for r in records for side in ("chosen", "rejected")]
     out = [dict(r) for r in records]
@@ -257,6 +258,19 @@ async def refine(
         return out
     if generator is None:
         raise ValueError(f"refine.method {cfg.method!r} needs the critique generator")
+    if cfg.method == "utility":
+        from trainer.utility import utility_refine
+
+        return await utility_refine(
+            generator,
+            fmt,
+            records,
+            k=cfg.k,
+            revisions=cfg.revisions,
+            max_tokens=cfg.revision_max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+        )
     if cfg.method == "ranking":
         prompts = [
             _meta_prompt(fmt, r["pair"], r["pair"][side], c["text"])

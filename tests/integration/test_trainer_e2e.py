@@ -226,3 +226,34 @@ def test_sampling_over_two_engine_replicas_merges_in_order_and_resumes_per_shard
     redone = [json.loads(x) for x in (run_dir / "critiques.jsonl").read_text().splitlines()]
     assert [r["pair"] for r in redone] == [r["pair"] for r in records]
     assert [r["chosen"] for r in redone[0::2]] == [r["chosen"] for r in records[0::2]]
+
+
+def test_utility_refinement_on_the_real_engine(tiny_llama: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={run_dir}",
+            f"base_model={tiny_llama}",
+            "data.per_category=4",
+            "sampling.num_critiques=2",
+            "sampling.max_tokens=8",
+            "sampling.grounded=false",
+            "refine.method=utility",
+            "refine.k=1",
+            "refine.revisions=2",
+            "refine.revision_max_tokens=16",
+            "engine.max_model_len=512",
+            "engine.kv_cache_gib=0.25",
+        ],
+    )
+    run_pipeline(cfg, until="refine")
+    refined = [json.loads(x) for x in (run_dir / "refined.jsonl").read_text().splitlines()]
+    assert refined
+    for r in refined:
+        for side in ("chosen", "rejected"):
+            cu = r[f"{side}_cu"]
+            assert len(cu) == len(r[side]) and all(u in (0.0, 0.25, 0.5, 0.75, 1.0) for u in cu)
+            assert len(r[f"{side}_train"]) == min(1, len(r[side]))
+            pair = r[f"{side}_cu_pair"]
+            assert pair is None or (pair[0] in r[f"{side}_train"] and max(cu) > min(cu))

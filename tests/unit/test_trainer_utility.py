@@ -1,0 +1,129 @@
+"""Critique utility (RCO) bookkeeping: the verifier judge in both orders with ties, CU as the
+mean outcome, top K and (best, worst) pairs; the actor is asked with /refine's revision
+conversation. The generator here is a scripted stand-in; the real engine runs the stage in
+tests/integration/test_trainer_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.checkpoint.manifest import Templates
+from service.contract.formatting import PromptFormatter
+from service.engines.base import Critique, EngineStats, SamplingSpec
+from trainer.utility import (
+    both_orders,
+    critique_utility,
+    preference_pair,
+    revision_prompt,
+    utility_refine,
+    verifier_judgment,
+)
+
+PAIR = {
+    "prompt": "6 friends share a bill of $144 plus a $6 tip equally. How much does each pay?",
+    "chosen": "1. The total is: 144 + 6 = 150\n2. Each pays: 150 ÷ 6 = 25\n\nAnswer: 25",
+    "rejected": "1. The total is: 144 + 6 = 150\n\nAnswer: 150",
+    "category": "reasoning",
+    "check": {
+        "kind": "arithmetic",
+        "answer": 25.0,
+        "unit": "dollars",
+        "steps": [[144.0, "+", 6.0, 150.0], [150.0, "÷", 6.0, 25.0]],
+    },
+}
+RIGHT = PAIR["chosen"]
+WRONG = "1. The total is: 144 + 6 = 150\n2. Each pays: 150 ÷ 6 = 30\n\nAnswer: 30"
+
+
+def test_judgments_in_both_orders_with_ties() -> None:
+    assert verifier_judgment(True, False) == 1.0 and verifier_judgment(False, True) == 0.0
+    assert verifier_judgment(True, True) == verifier_judgment(False, False) == 0.5
+    # A revision that fixes a wrong original wins read either way round.
+    assert both_orders(verifier_judgment(True, False), verifier_judgment(False, True)) == 1.0
+    assert both_orders(0.5, 0.5) == 0.5
+    # A position-biased judge that always prefers the first answer gives a tie.
+    assert both_orders(1.0, 1.0) == 0.5
+    assert critique_utility([1.0, 0.5, 0.0, 1.0]) == pytest.approx(0.625)
+    with pytest.raises(ValueError):
+        critique_utility([])
+    assert preference_pair(["a", "b", "c"], [0.5, 1.0, 0.0]) == ("b", "c")
+    assert preference_pair(["a", "b"], [0.5, 0.5]) is None and preference_pair(["a"], [1]) is None
+
+
+class Scripted:
+    """Answers each revision prompt with the revisions scripted for the critique in it."""
+
+    def __init__(self, fmt: PromptFormatter, script: dict[str, list[str]]) -> None:
+        self.fmt, self.script, self.seen = fmt, script, []
+
+    async def generate(
+        self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
+    ) -> tuple[list[list[Critique]], EngineStats]:
+        out = []
+        for ids, spec in zip(prompts, specs, strict=True):
+            text = self.fmt.tokenizer.decode(ids)
+            self.seen.append(text)
+            key = next(k for k in self.script if k in text)
+            assert spec.n == len(self.script[key])
+            out.append([Critique(t, 1, "stop") for t in self.script[key]])
+        return out, EngineStats()
+
+
+@pytest.fixture(scope="module")
+def fmt(tiny_llama: Path) -> PromptFormatter:
+    from transformers import AutoTokenizer
+
+    return PromptFormatter(
+        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 1024
+    )
+
+
+def test_utility_refinement_ranks_critiques_by_what_their_revisions_achieve(
+    fmt: PromptFormatter,
+) -> None:
+    record: dict[str, Any] = {
+        "pair": PAIR,
+        "chosen": [{"text": "KEEP-IT: looks right."}, {"text": "BREAK-IT: redo the division."}],
+        "rejected": [
+            {"text": "VAGUE: could be better."},
+            {"text": "FIX-IT: divide 150 by 6."},
+            {"text": "HALF: check step 2."},
+        ],
+    }
+    script = {
+        "KEEP-IT": [RIGHT, RIGHT],  # the right original stays right: ties
+        "BREAK-IT": [WRONG, RIGHT],  # one revision breaks it: 0 and 0.5
+        "VAGUE": [WRONG, WRONG],  # the wrong original stays wrong: ties
+        "FIX-IT": [RIGHT, RIGHT],  # both revisions fix it: wins
+        "HALF": [RIGHT, WRONG],
+    }
+    gen = Scripted(fmt, script)
+    (out,) = asyncio.run(
+        utility_refine(
+            gen, fmt, [record], k=1, revisions=2, max_tokens=64, temperature=0.8, top_p=0.95
+        )
+    )
+    assert out["chosen_cu"] == [0.5, 0.25] and out["rejected_cu"] == [0.5, 1.0, 0.75]
+    assert out["chosen_train"] == ["KEEP-IT: looks right."]
+    assert out["rejected_train"] == ["FIX-IT: divide 150 by 6."]
+    assert out["chosen_cu_pair"] == ["KEEP-IT: looks right.", "BREAK-IT: redo the division."]
+    assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
+    # The actor was asked with /refine's revision conversation: prompt, response, critique.
+    expected = revision_prompt(fmt, PAIR["prompt"], PAIR["rejected"], "FIX-IT: divide 150 by 6.")
+    assert fmt.tokenizer.decode(expected) in gen.seen
+
+
+def test_utility_refinement_needs_a_verifier(fmt: PromptFormatter) -> None:
+    record = {"pair": {**PAIR, "check": None}, "chosen": [], "rejected": []}
+    gen = Scripted(fmt, {})
+    with pytest.raises(ValueError, match="verifier"):
+        asyncio.run(
+            utility_refine(
+                gen, fmt, [record], k=1, revisions=2, max_tokens=8, temperature=1, top_p=1
+            )
+        )
