@@ -82,6 +82,20 @@ class LoraConfig(_Section):
 RewardInput = Literal["plain", "sampled", "train"]
 
 
+class PreferenceConfig(_Section):
+    """Preference training of the critique head after the joint training (trainer.preference)."""
+
+    loss: Literal["none", "dpo"] = Field(
+        "none",
+        description="dpo: DPO on the (high-CU, low-CU) critique pairs of refine.method "
+        "utility, the reference being the model with its LoRA adapter disabled.",
+    )
+    beta: float = Field(0.1, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    epochs: int = Field(1, ge=1)
+    pairs_per_step: int = Field(8, ge=1)
+
+
 class TrainConfig(_Section):
     mode: Literal["critic", "bt"] = Field(
         "critic", description="critic: Critic-RM joint training; bt: standard Bradley-Terry RM."
@@ -105,6 +119,7 @@ class TrainConfig(_Section):
         "weights without LoRA); None: every layer.",
     )
     grad_clip: float = Field(1.0, gt=0)
+    preference: PreferenceConfig = PreferenceConfig()
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no",
         description="Autocast through Accelerate (weights stay in train.dtype): bf16 with "
@@ -234,6 +249,11 @@ class Config(_Section):
             raise ValueError(
                 "train.reward_inputs has 'sampled' but sampling.plain_critiques is 0: the reward "
                 "head would get no sampled critiques"
+            )
+        if t.preference.loss != "none" and (self.refine.method != "utility" or not t.lora.enabled):
+            raise ValueError(
+                "train.preference.loss needs refine.method=utility (its critique pairs) and "
+                "train.lora.enabled (the reference is the model with the adapter disabled)"
             )
         if self.sampling.teacher and not self.sampling.grounded:
             raise ValueError(

@@ -45,6 +45,29 @@ def _lm(fmt: PromptFormatter, prompt_ids: list[int], critique: str, max_len: int
     return LmSequence(prompt_ids + body, len(prompt_ids))
 
 
+def critique_pairs(
+    fmt: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    *,
+    max_critique_tokens: int,
+    max_len: int,
+) -> list[tuple[LmSequence, LmSequence]]:
+    """(preferred, dispreferred) critiques of one response, as critique sequences on the
+    service's critique prompt: the "<side>_cu_pair" of utility refinement."""
+    out = []
+    for rec in records:
+        pair = rec.get("pair", rec)
+        for side in ("chosen", "rejected"):
+            texts = rec.get(f"{side}_cu_pair")
+            if not texts:
+                continue
+            prompt = fmt.encode_item(
+                pair["prompt"], pair[side], max_critique_tokens, 1, truncate_prompt=True
+            ).critique_prompt
+            out.append(tuple(_lm(fmt, prompt, t, max_len) for t in texts[:2]))
+    return [(a, b) for a, b in out]
+
+
 def build_examples(
     fmt: PromptFormatter,
     records: Sequence[dict[str, Any]],

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from service.engines.torch_scorer import pad_right
 from trainer.examples import LmSequence
+from trainer.run import Run, StageError
 
 
 def dpo_loss(
@@ -137,3 +138,36 @@ def train_dpo(
             losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+def after_joint_training(
+    run: Run, policy: Any, records: list[dict[str, Any]], fmt: Any, pad_id: int
+) -> dict[str, Any]:
+    """DPO on the utility critique pairs after the joint training (train.preference)."""
+    from trainer import distributed
+    from trainer.examples import critique_pairs
+
+    p = run.cfg.train.preference
+    if p.loss == "none":
+        return {}
+    if distributed.launched():
+        raise StageError("train.preference runs in one process for now, not under a launcher")
+    pairs = critique_pairs(
+        fmt, records, max_critique_tokens=run.cfg.sampling.max_tokens, max_len=run.cfg.train.max_len
+    )
+    if not pairs:
+        raise StageError(
+            "train.preference: no (high-CU, low-CU) critique pairs; every response's critiques "
+            "had the same utility"
+        )
+    losses = train_dpo(
+        policy.model,
+        pairs,
+        beta=p.beta,
+        lr=p.lr,
+        epochs=p.epochs,
+        pairs_per_step=p.pairs_per_step,
+        seed=run.cfg.seed,
+        pad_id=pad_id,
+    )
+    return {"dpo_pairs": len(pairs), "dpo_loss_first": losses[0], "dpo_loss_last": losses[-1]}

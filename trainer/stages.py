@@ -76,24 +76,6 @@ def eval_splits(run: Run) -> dict[str, list[PreferencePair]]:
     return out
 
 
-def _trackers(run: Run) -> list[str]:
-    t = run.cfg.tracking
-    return [name for name, on in (("tensorboard", t.tensorboard), ("wandb", t.wandb)) if on]
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Hyperparameters as TensorBoard takes them: flat, scalars or strings."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            out[f"{prefix}{key}"] = "none" if value is None else value
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
-
-
 # ---------------------------------------------------------------- stages
 def stage_data(run: Run) -> dict[str, Any]:
     from trainer.data import synthetic
@@ -198,6 +180,8 @@ def stage_train(run: Run) -> dict[str, Any]:
     from trainer import distributed
     from trainer.examples import build_examples
     from trainer.model import build_policy, resolve_device, save_delta
+    from trainer.preference import after_joint_training
+    from trainer.tracking import flat_hparams, train_trackers
     from trainer.train import Checkpointing, micro_steps, set_seed, train
     from trainer.train_state import clear as clear_state
 
@@ -220,7 +204,7 @@ def stage_train(run: Run) -> dict[str, Any]:
     set_seed(cfg.seed)
     acc = distributed.accelerator(
         mixed_precision=t.mixed_precision,
-        log_with=_trackers(run),
+        log_with=train_trackers(run),
         project_dir=str(run.path("tb")),
         accumulation_steps=micro_steps(t, distributed.world_size()),
     )
@@ -243,10 +227,10 @@ def stage_train(run: Run) -> dict[str, Any]:
     trainable = sum(p.numel() for p in policy.trainable_named().values())
     pad = fmt.tokenizer.pad_token_id
     pad_id = int(pad if pad is not None else fmt.tokenizer.eos_token_id)
-    if acc.trackers == [] and _trackers(run):
+    if acc.trackers == [] and train_trackers(run):
         acc.init_trackers(
             run.cfg.tracking.project,
-            config=_flat(run.cfg.train.model_dump()),
+            config=flat_hparams(run.cfg.train.model_dump()),
             init_kwargs={"wandb": {"dir": str(run.dir)}},
         )
     checkpoints = Checkpointing(
@@ -263,6 +247,7 @@ def stage_train(run: Run) -> dict[str, Any]:
         checkpoints=checkpoints,
     )
     acc.end_training()
+    preference = after_joint_training(run, policy, records if critic else [], fmt, pad_id)
     if run.cfg.tracking.wandb and acc.is_main_process:
         import wandb
 
@@ -301,6 +286,7 @@ def stage_train(run: Run) -> dict[str, Any]:
         "distributed": distributed.kind(acc),
         "device": str(device),
         "trainable_params": trainable,
+        **preference,
         "loss_c_first": result.mean("loss_c", first=True),
         "loss_c_last": result.mean("loss_c", first=False),
         "loss_r_first": result.mean("loss_r", first=True),

@@ -44,3 +44,21 @@ def log_eval(run: Run, results: Sequence[dict[str, Any]], labels: Sequence[str])
         finally:
             wb.finish()
             wandb.teardown()  # before the CLI reaps W&B's service process (see stage_train)
+
+
+def train_trackers(run: Run) -> list[str]:
+    t = run.cfg.tracking
+    return [name for name, on in (("tensorboard", t.tensorboard), ("wandb", t.wandb)) if on]
+
+
+def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Hyperparameters as TensorBoard takes them: flat, scalars or strings."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[f"{prefix}{key}"] = "none" if value is None else value
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out

@@ -102,3 +102,62 @@ def test_dpo_starts_at_log_two_and_falls(tiny_llama: Path) -> None:
     )
     assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA starts as the identity
     assert sum(losses[-2:]) / 2 < 0.5 * math.log(2)
+
+
+def test_dpo_runs_after_the_joint_training_on_utility_pairs(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.checkpoint.manifest import Templates
+    from service.contract.formatting import PromptFormatter
+    from trainer.config import ConfigError, LoraConfig, load_config
+    from trainer.examples import critique_pairs
+    from trainer.model import build_policy
+    from trainer.pipeline import digests
+    from trainer.preference import after_joint_training
+    from trainer.run import Run
+
+    with pytest.raises(ConfigError, match=r"refine\.method=utility"):
+        load_config(None, ["train.preference.loss=dpo", "refine.method=ranking"])
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "refine.method=utility",
+            "train.preference.loss=dpo",
+            "train.preference.lr=0.005",
+            "train.preference.epochs=4",
+            "train.preference.pairs_per_step=2",
+        ],
+    )
+    fmt = PromptFormatter(
+        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 512
+    )
+    records = [
+        {
+            "pair": {"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": "7"},
+            "chosen_cu_pair": ["Correct: the sum is right.", "Wrong."],
+            "rejected_cu_pair": None,
+        }
+        for i in range(4)
+    ]
+    pairs = critique_pairs(fmt, records, max_critique_tokens=32, max_len=512)
+    assert len(pairs) == 4
+    good, bad = pairs[0]
+    assert good.ids[: good.target_from] == bad.ids[: bad.target_from]  # one critique prompt
+    assert fmt.tokenizer.decode(good.ids[good.target_from :]).startswith("Correct")
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    policy = build_policy(
+        lm,
+        torch.zeros(1, lm.config.hidden_size),
+        lora=LoraConfig(r=4, alpha=8),
+        trainable_layers=None,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+    summary = after_joint_training(Run(cfg, digests(cfg)), policy, records, fmt, pad_id=2)
+    assert summary["dpo_pairs"] == 4
+    assert summary["dpo_loss_first"] == pytest.approx(math.log(2), abs=1e-6)
+    assert summary["dpo_loss_last"] < summary["dpo_loss_first"]
