@@ -307,7 +307,7 @@ def train(
     module.eval()
     result.seconds = time.perf_counter() - start
     result.tokens = tokens
-    result.full_state = acc.get_state_dict(module) if train_state._sharded(acc) else None
+    result.full_state = acc.get_state_dict(module) if train_state.sharded(acc) else None
     return result
 
 

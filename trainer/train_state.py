@@ -64,7 +64,8 @@ def _only_trainable(models: list[Any], weights: list[dict[str, Any]], _out: str)
             del state[name]
 
 
-def _sharded(acc: Any) -> bool:
+def sharded(acc: Any) -> bool:
+    """Whether each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO)."""
     from accelerate.utils import DistributedType
 
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -76,7 +77,7 @@ def save(acc: Any, directory: Path, *, step: int, digest: str) -> None:
     if acc.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
-    handle = None if _sharded(acc) else acc.register_save_state_pre_hook(_only_trainable)
+    handle = None if sharded(acc) else acc.register_save_state_pre_hook(_only_trainable)
     try:
         acc.save_state(str(tmp))
     finally:
@@ -100,7 +101,7 @@ def load(acc: Any, directory: Path, *, digest: str) -> Resume | None:
     meta = json.loads(loop.read_text())
     if meta.get("digest") != digest:
         return None  # another config's state: this run starts over (and replaces it)
-    if _sharded(acc):
+    if sharded(acc):
         acc.load_state(str(directory))
     else:
         _check_trainable(acc, directory)
