@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
 
+import torch
+
 from service.contract.formatting import PromptFormatter
 
 
@@ -29,6 +31,15 @@ class PairExample:
     rejected_score: list[int] | None
     chosen_lm: LmSequence | None = None
     rejected_lm: LmSequence | None = None
+
+
+def predict_mask(seqs: Sequence[LmSequence], width: int) -> torch.Tensor:
+    """[len(seqs), width - 1]: the positions whose next token is a critique token (position i
+    predicts token i + 1), over sequences right-padded to `width`."""
+    target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, s in enumerate(seqs):
+        target[row, s.target_from : len(s.ids)] = True
+    return target[:, 1:]
 
 
 def end_of_turn_ids(fmt: PromptFormatter) -> list[int]:

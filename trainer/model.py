@@ -49,6 +49,11 @@ def _peft_config(lora: LoraConfig, layers: list[int] | None) -> Any:
     )
 
 
+def causal_of(model: Any) -> Any:
+    """The XForCausalLM inside `model` (a PeftModel, or the causal LM itself)."""
+    return model.base_model.model if hasattr(model, "peft_config") else model
+
+
 @dataclass
 class Policy:
     """`model` is what the optimiser trains (a PeftModel with LoRA); `causal` the underlying

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from service.engines.torch_scorer import pad_right
-from trainer.examples import LmSequence
+from trainer.examples import LmSequence, predict_mask
+from trainer.model import causal_of
 from trainer.run import Run, StageError
 
 
@@ -57,12 +58,9 @@ def sequence_logps(model: Any, seqs: Sequence[LmSequence], pad_id: int) -> torch
     device = next(model.parameters()).device
     ids, mask = pad_right([s.ids for s in seqs], pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    causal = model.base_model.model if hasattr(model, "peft_config") else model
+    causal = causal_of(model)
     hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    target = torch.zeros_like(mask, dtype=torch.bool)
-    for row, s in enumerate(seqs):
-        target[row, s.target_from : len(s.ids)] = True
-    predict = target[:, 1:]
+    predict = predict_mask(seqs, ids.size(1)).to(device)
     logits = causal.lm_head(hidden[:, :-1][predict]).float()
     token_logps = torch.gather(
         F.log_softmax(logits, dim=-1), 1, ids[:, 1:][predict].unsqueeze(1)
@@ -107,10 +105,12 @@ def train_dpo(
 
     if not pairs:
         raise ValueError("no preference pairs to train on")
-    ref = [
-        (reference_logps(model, [c], pad_id)[0], reference_logps(model, [r], pad_id)[0])
-        for c, r in pairs
-    ]
+    ref_chosen, ref_rejected = [], []
+    for first in range(0, len(pairs), pairs_per_step):  # batched, as the training steps are
+        part = pairs[first : first + pairs_per_step]
+        logps = reference_logps(model, [c for c, _ in part] + [r for _, r in part], pad_id)
+        ref_chosen += list(logps[: len(part)])
+        ref_rejected += list(logps[len(part) :])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     rng = random.Random(seed)
@@ -127,8 +127,8 @@ def train_dpo(
             loss = dpo_loss(
                 logps[:n],
                 logps[n:],
-                torch.stack([ref[i][0] for i in batch]),
-                torch.stack([ref[i][1] for i in batch]),
+                torch.stack([ref_chosen[i] for i in batch]),
+                torch.stack([ref_rejected[i] for i in batch]),
                 beta,
             )
             loss.backward()

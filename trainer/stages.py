@@ -208,6 +208,11 @@ def stage_train(run: Run) -> dict[str, Any]:
         project_dir=str(run.path("tb")),
         accumulation_steps=micro_steps(t, distributed.world_size()),
     )
+    if distributed.kind(acc) == "fsdp" and t.dtype != "float32":
+        raise StageError(
+            "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
+            "train.dtype=float32 and train.mixed_precision=bf16"
+        )
     device = acc.device if distributed.launched() else resolve_device(t.device)
     lm = AutoModelForCausalLM.from_pretrained(version.generator_path, dtype=torch.float32)
     head = load_file(str(version.scorer_path / REWARD_HEAD_FILE))[REWARD_HEAD_KEY]
@@ -219,11 +224,6 @@ def stage_train(run: Run) -> dict[str, Any]:
         dtype=getattr(torch, t.dtype),
         device=device,
     )
-    if distributed.kind(acc) == "fsdp" and t.dtype != "float32":
-        raise StageError(
-            "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
-            "train.dtype=float32 and train.mixed_precision=bf16"
-        )
     trainable = sum(p.numel() for p in policy.trainable_named().values())
     pad = fmt.tokenizer.pad_token_id
     pad_id = int(pad if pad is not None else fmt.tokenizer.eos_token_id)

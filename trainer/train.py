@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from service.engines.torch_scorer import pad_right
 from trainer.config import TrainConfig
-from trainer.examples import PairExample
+from trainer.examples import PairExample, predict_mask
 from trainer.losses import bradley_terry, joint
-from trainer.model import Policy
+from trainer.model import Policy, causal_of
 from trainer.schedule import LambdaSchedule
 
 
@@ -64,11 +64,6 @@ def selected_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def _causal(model: Any) -> Any:
-    """The XForCausalLM inside `model` (a PeftModel, or the causal LM itself)."""
-    return model.base_model.model if hasattr(model, "peft_config") else model
-
-
 class TrainModule(torch.nn.Module):
     """The backbone (with its adapter) and the reward head as one module, so DDP, FSDP and
     DeepSpeed wrap, shard and synchronise both. One forward per micro-batch: the LM head runs
@@ -83,7 +78,7 @@ class TrainModule(torch.nn.Module):
     def forward(
         self, ids: torch.Tensor, mask: torch.Tensor, predict: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        causal = _causal(self.model)
+        causal = causal_of(self.model)
         hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state
         lm_rows = predict.size(0)
         # Position i predicts token i + 1.
@@ -135,10 +130,7 @@ def micro_batch(batch: Sequence[PairExample], lam: float, pad_id: int) -> MicroB
         first = next(s for s in (batch[0].chosen_score, *_lm_ids(batch[0])) if s is not None)
         seqs = [first]
     ids, mask = pad_right(seqs, pad_id)
-    target = torch.zeros((len(lm), ids.size(1)), dtype=torch.bool)
-    for row, s in enumerate(lm):
-        target[row, s.target_from : len(s.ids)] = True
-    predict = target[:, 1:]
+    predict = predict_mask(lm, ids.size(1))
     targets = ids[: len(lm), 1:][predict]
     return MicroBatch(ids, mask, predict, targets, len(pairs))
 

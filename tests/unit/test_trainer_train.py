@@ -312,35 +312,23 @@ def test_a_step_checkpoint_of_other_settings_is_not_resumed(
     )
     cfg = CFG.model_copy(update={"epochs": 1})
     state = tmp_path / "train_state"
-    first = train(
-        _policy(tiny_llama, True),
-        examples,
-        cfg,
-        seed=0,
-        pad_id=2,
-        progress=False,
-        checkpoints=Checkpointing(state, "digest-a", every=1),
-    )
+
+    def run(digest: str, every: int) -> Any:
+        return train(
+            _policy(tiny_llama, True),
+            examples,
+            cfg,
+            seed=0,
+            pad_id=2,
+            progress=False,
+            checkpoints=Checkpointing(state, digest, every=every),
+        )
+
+    first = run("digest-a", 1)
     assert json.loads((state / "loop.json").read_text())["step"] == first.steps
-    again = train(
-        _policy(tiny_llama, True),
-        examples,
-        cfg,
-        seed=0,
-        pad_id=2,
-        progress=False,
-        checkpoints=Checkpointing(state, "digest-b", every=0),
-    )
+    again = run("digest-b", 0)
     assert again.resumed_from == 0 and len(again.log) == first.steps
-    same = train(
-        _policy(tiny_llama, True),
-        examples,
-        cfg,
-        seed=0,
-        pad_id=2,
-        progress=False,
-        checkpoints=Checkpointing(state, "digest-a", every=0),
-    )
+    same = run("digest-a", 0)
     assert same.resumed_from == first.steps and same.log == []  # nothing left to train
 
 
