@@ -32,6 +32,9 @@ def test_default_recipes_validate() -> None:
     assert load_config(REPO / "trainer/configs/bt.yaml").train.mode == "bt"
     teacher = load_config(REPO / "trainer/configs/teacher.yaml")
     assert teacher.sampling.teacher and teacher.eval.on == "validation"
+    longer = load_config(REPO / "trainer/configs/teacher_sampled.yaml")
+    assert longer.train.reward_inputs == ["plain", "sampled"] and longer.sampling.plain_critiques
+    assert longer.eval.on == "validation" and longer.eval.max_pairs == 90
 
 
 def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
