@@ -85,15 +85,16 @@ RewardInput = Literal["plain", "sampled", "train"]
 class PreferenceConfig(_Section):
     """Preference training of the critique head after the joint training (trainer.preference)."""
 
-    loss: Literal["none", "dpo"] = Field(
+    loss: Literal["none", "dpo", "rco"] = Field(
         "none",
         description="dpo: DPO on the (high-CU, low-CU) critique pairs of refine.method "
-        "utility, the reference being the model with its LoRA adapter disabled.",
+        "utility; rco: RCO's pointwise DRO-style loss on every critique's utility, N per "
+        "response; the reference is the model with its LoRA adapter disabled.",
     )
     beta: float = Field(0.1, gt=0)
     lr: float = Field(5e-5, gt=0)
     epochs: int = Field(1, ge=1)
-    pairs_per_step: int = Field(8, ge=1)
+    pairs_per_step: int = Field(8, ge=1, description="Pairs (dpo) or responses (rco) per step.")
 
 
 class TrainConfig(_Section):
@@ -135,12 +136,31 @@ class TrainConfig(_Section):
         "[x; y; z] with the refined training critiques (the paper).",
     )
 
+    reward_anchor: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of (r(x, [y; z]) - r(x, y))^2, the plain reward held fixed, beside "
+        "Bradley-Terry on sampled critiques (needs reward_inputs plain and sampled): a critique "
+        "moves a reward only as far as it helps rank, so noisy critiques average out to the "
+        "plain reward instead of memorised offsets; 0: off.",
+    )
+    rotate_sampled: bool = Field(
+        False,
+        description="One of a response pair's sampled critiques per epoch (epoch e reads the "
+        "(e mod N)-th), so no [x; y; z] is read again before all N were; off: all N each epoch.",
+    )
+
     @model_validator(mode="after")
     def _accumulation(self) -> TrainConfig:
         if self.pairs_per_step % self.micro_batch:
             raise ValueError("train.pairs_per_step must be a multiple of train.micro_batch")
         if not self.reward_inputs:
             raise ValueError("train.reward_inputs must name at least one input")
+        if self.reward_anchor > 0 and not {"plain", "sampled"} <= set(self.reward_inputs):
+            raise ValueError(
+                "train.reward_anchor needs train.reward_inputs to have both plain and sampled: "
+                "the anchor is the plain reward of the responses a sampled critique reads"
+            )
         return self
 
 
@@ -285,13 +305,41 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, section by section; a list or value replaces the base's."""
+    out = dict(base)
+    for key, value in over.items():
+        below = out.get(key)
+        out[key] = (
+            _merge(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file; its `base:` key names the recipe it changes, relative to the file, so an
+    ablation states only what differs."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: recipes name each other as base in a loop")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another recipe")
+    return _merge(_read_tree(path.parent / base, (*seen, path)), loaded)
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
     tree: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the config must be a mapping")
-        tree = loaded
+        tree = _read_tree(Path(path))
     for assignment in overrides or []:
         apply_override(tree, assignment)
     try:

@@ -31,6 +31,17 @@ class PairExample:
     rejected_score: list[int] | None
     chosen_lm: LmSequence | None = None
     rejected_lm: LmSequence | None = None
+    # [x; y] of the same two responses, beside a critique-conditioned pair (train.reward_anchor):
+    # a Bradley-Terry pair of its own and the anchor that pair's rewards are pulled towards.
+    chosen_plain: list[int] | None = None
+    rejected_plain: list[int] | None = None
+    # Trained in the epochs e with e % variants == variant (train.rotate_sampled): one of a
+    # response pair's sampled critiques per epoch.
+    variant: int = 0
+    variants: int = 1
+
+    def active(self, epoch: int) -> bool:
+        return epoch % self.variants == self.variant
 
 
 def predict_mask(seqs: Sequence[LmSequence], width: int) -> torch.Tensor:
@@ -79,6 +90,34 @@ def critique_pairs(
     return [(a, b) for a, b in out]
 
 
+def critique_groups(
+    fmt: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    *,
+    max_critique_tokens: int,
+    max_len: int,
+) -> list[tuple[list[LmSequence], list[float]]]:
+    """Every critique of one response with its utility ("<side>" critiques and "<side>_cu" of
+    utility refinement), as critique sequences on the service's critique prompt: RCO's N
+    samples of one response. Responses with fewer than two critiques are left out: with one,
+    the loss only pulls the policy back to the reference."""
+    out = []
+    for rec in records:
+        pair = rec.get("pair", rec)
+        for side in ("chosen", "rejected"):
+            texts = [c["text"] for c in rec.get(side) or []]
+            utilities = rec.get(f"{side}_cu") or []
+            if len(texts) < 2 or len(utilities) != len(texts):
+                continue
+            prompt = fmt.encode_item(
+                pair["prompt"], pair[side], max_critique_tokens, 1, truncate_prompt=True
+            ).critique_prompt
+            out.append(
+                ([_lm(fmt, prompt, t, max_len) for t in texts], [float(u) for u in utilities])
+            )
+    return out
+
+
 def build_examples(
     fmt: PromptFormatter,
     records: Sequence[dict[str, Any]],
@@ -87,13 +126,20 @@ def build_examples(
     max_critique_tokens: int,
     max_len: int,
     reward_inputs: Sequence[str] = ("train",),
+    anchored: bool = False,
+    rotate_sampled: bool = False,
 ) -> list[PairExample]:
     """BT mode: one example per pair, no critiques. Critic mode: the critique head learns each
     record's K training critiques (chosen and rejected, paired), and the reward head reads,
     per `reward_inputs`: plain, the pair without critique (the m = 0 reward); sampled, the
     pair with each of the critiques sampled as the service samples them; train, the pair with
     each training critique (the paper). Reward pairs and critique pairs are zipped into
-    examples, so a step sees both."""
+    examples, so a step sees both.
+
+    `anchored`: each sampled pair carries the plain pair beside it (not an example of its own),
+    so one micro-batch holds both rewards of a response. `rotate_sampled`: the sampled pairs of
+    a record are variants of one example, one trained per epoch, so that a fresh [x; y; z] is
+    read each epoch instead of the same one again."""
     examples = []
     for rec in records:
         pair = rec.get("pair", rec)
@@ -111,19 +157,35 @@ def build_examples(
         if not with_critiques:
             examples.append(PairExample(category, score("chosen", None), score("rejected", None)))
             continue
+        plain = (score("chosen", None), score("rejected", None))
+        sampled = (
+            [
+                (score("chosen", zc), score("rejected", zr))
+                for zc, zr in zip(rec["chosen_plain"], rec["rejected_plain"], strict=False)
+            ]
+            if "sampled" in reward_inputs
+            else []
+        )
         # The `train` reward input needs a critique on both sides (the paper's instance filter).
-        train_pairs = list(zip(rec["chosen_train"], rec["rejected_train"], strict=False))
-        reward: list[tuple[list[int], list[int]]] = []
+        trained = [
+            (score("chosen", zc), score("rejected", zr))
+            for zc, zr in zip(rec["chosen_train"], rec["rejected_train"], strict=False)
+        ]
+        carry = anchored and "plain" in reward_inputs and "sampled" in reward_inputs and sampled
+        # A slot is one example per epoch: its variants take turns.
+        slots: list[list[_Reward]] = []
         for source in reward_inputs:
-            if source == "plain":
-                reward.append((score("chosen", None), score("rejected", None)))
-                continue
-            texts = (
-                train_pairs
-                if source == "train"
-                else list(zip(rec["chosen_plain"], rec["rejected_plain"], strict=False))
-            )
-            reward += [(score("chosen", zc), score("rejected", zr)) for zc, zr in texts]
+            if source == "plain" and not carry:
+                slots.append([_Reward(*plain)])
+            elif source == "sampled":
+                with_plain = [
+                    _Reward(c, r, *(plain if carry else (None, None))) for c, r in sampled
+                ]
+                slots += (
+                    [with_plain] if rotate_sampled and with_plain else [[x] for x in with_plain]
+                )
+            elif source == "train":
+                slots += [[_Reward(c, r)] for c, r in trained]
         # Each side's grounded critiques are targets on their own: a side may have none.
         lm = [
             (
@@ -132,8 +194,29 @@ def build_examples(
             )
             for zc, zr in zip_longest(rec["chosen_train"], rec["rejected_train"])
         ]
-        for j in range(max(len(reward), len(lm))):
-            r = reward[j] if j < len(reward) else (None, None)
+        for j in range(max(len(slots), len(lm))):
             c = lm[j] if j < len(lm) else (None, None)
-            examples.append(PairExample(category, r[0], r[1], c[0], c[1]))
+            for v, r in enumerate(slots[j] if j < len(slots) else [_Reward(None, None)]):
+                n = len(slots[j]) if j < len(slots) else 1
+                examples.append(
+                    PairExample(
+                        category,
+                        r.chosen,
+                        r.rejected,
+                        c[0],
+                        c[1],
+                        r.chosen_plain,
+                        r.rejected_plain,
+                        variant=v,
+                        variants=n,
+                    )
+                )
     return examples
+
+
+@dataclass(frozen=True)
+class _Reward:
+    chosen: list[int] | None
+    rejected: list[int] | None
+    chosen_plain: list[int] | None = None
+    rejected_plain: list[int] | None = None

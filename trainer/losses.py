@@ -30,5 +30,12 @@ def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(chosen.float() - rejected.float()).mean()
 
 
+def anchor_loss(conditioned: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
+    """Mean (r(x, [y; z]) − sg(r(x, y)))²: a critique may move a response's reward away from
+    its critique-free reward only as far as Bradley-Terry on critiques pays for. Gradient flows
+    into the critique-conditioned reward only, so noisy critiques never drag the plain one."""
+    return (conditioned.float() - plain.detach().float()).pow(2).mean()
+
+
 def joint(lam: float, critique_loss: torch.Tensor, reward_loss: torch.Tensor) -> torch.Tensor:
     return lam * critique_loss + (1.0 - lam) * reward_loss

@@ -140,21 +140,92 @@ def train_dpo(
     return losses
 
 
+def train_rco(
+    model: Any,
+    groups: Sequence[tuple[Sequence[LmSequence], Sequence[float]]],
+    *,
+    beta: float,
+    lr: float,
+    epochs: int,
+    groups_per_step: int,
+    seed: int,
+    pad_id: int,
+) -> list[float]:
+    """RCO's pointwise loss on each response's N critiques and their utilities, a LoRA model
+    trained in place; returns the loss of every optimizer step. Like DPO, the reference
+    log-probabilities are computed once, adapter disabled, before the first step."""
+    import random
+
+    if not groups:
+        raise ValueError("no critique groups to train on")
+    reference = [reference_logps(model, list(seqs), pad_id) for seqs, _ in groups]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    rng = random.Random(seed)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = list(range(len(groups)))
+        rng.shuffle(order)
+        for first in range(0, len(order), groups_per_step):
+            batch = order[first : first + groups_per_step]
+            logps = sequence_logps(model, [s for i in batch for s in groups[i][0]], pad_id)
+            parts, at = [], 0
+            for i in batch:  # N may differ between responses: one loss term each
+                seqs, utilities = groups[i]
+                n = len(seqs)
+                parts.append(
+                    rco_loss(
+                        logps[at : at + n].unsqueeze(0),
+                        reference[i].unsqueeze(0),
+                        torch.tensor([list(utilities)], device=logps.device),
+                        beta,
+                    )
+                )
+                at += n
+            loss = torch.stack(parts).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
 def after_joint_training(
     run: Run, policy: Any, records: list[dict[str, Any]], fmt: Any, pad_id: int
 ) -> dict[str, Any]:
-    """DPO on the utility critique pairs after the joint training (train.preference)."""
+    """Preference training of the critique head after the joint training (train.preference):
+    DPO on the utility critique pairs, or RCO's pointwise loss on every critique's utility."""
     from trainer import distributed
-    from trainer.examples import critique_pairs
+    from trainer.examples import critique_groups, critique_pairs
 
     p = run.cfg.train.preference
     if p.loss == "none":
         return {}
     if distributed.launched():
         raise StageError("train.preference runs in one process for now, not under a launcher")
-    pairs = critique_pairs(
-        fmt, records, max_critique_tokens=run.cfg.sampling.max_tokens, max_len=run.cfg.train.max_len
-    )
+    lengths = {"max_critique_tokens": run.cfg.sampling.max_tokens, "max_len": run.cfg.train.max_len}
+    if p.loss == "rco":
+        groups = critique_groups(fmt, records, **lengths)
+        if not groups:
+            raise StageError(
+                "train.preference.loss rco: no response has two or more critiques with a "
+                "utility (sampling.num_critiques >= 2 and refine.method utility)"
+            )
+        losses = train_rco(
+            policy.model,
+            groups,
+            beta=p.beta,
+            lr=p.lr,
+            epochs=p.epochs,
+            groups_per_step=p.pairs_per_step,
+            seed=run.cfg.seed,
+            pad_id=pad_id,
+        )
+        return {"rco_groups": len(groups), "rco_loss_first": losses[0], "rco_loss_last": losses[-1]}
+    pairs = critique_pairs(fmt, records, **lengths)
     if not pairs:
         raise StageError(
             "train.preference: no (high-CU, low-CU) critique pairs; every response's critiques "

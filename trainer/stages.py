@@ -45,6 +45,8 @@ def trainer_info(run: Run) -> dict[str, Any]:
         "trainable_layers": t.trainable_layers,
         "refine": run.cfg.refine.model_dump() if t.mode == "critic" else None,
         "reward_inputs": t.reward_inputs if t.mode == "critic" else ["plain"],
+        "reward_anchor": t.reward_anchor if t.mode == "critic" else None,
+        "rotate_sampled": t.rotate_sampled if t.mode == "critic" else None,
         "grounded": run.cfg.sampling.grounded if t.mode == "critic" else None,
         "num_critiques_sampled": run.cfg.sampling.num_critiques if t.mode == "critic" else 0,
         "seed": run.cfg.seed,
@@ -200,6 +202,8 @@ def stage_train(run: Run) -> dict[str, Any]:
         max_critique_tokens=cfg.sampling.max_tokens,
         max_len=t.max_len,
         reward_inputs=t.reward_inputs,
+        anchored=t.reward_anchor > 0,
+        rotate_sampled=t.rotate_sampled,
     )
     set_seed(cfg.seed)
     acc = distributed.accelerator(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from service.engines.torch_scorer import pad_right
 from trainer.config import TrainConfig
 from trainer.examples import PairExample, predict_mask
-from trainer.losses import bradley_terry, joint
+from trainer.losses import anchor_loss, bradley_terry, joint
 from trainer.model import Policy, causal_of
 from trainer.schedule import LambdaSchedule
 
@@ -109,6 +109,8 @@ class MicroBatch:
     predict: torch.Tensor  # [critique rows, L - 1]: where the LM head is read
     targets: torch.Tensor  # the critique tokens (and end of turn) it predicts
     pairs: int  # reward pairs
+    # (critique-conditioned pair, plain pair of the same responses), as reward pair indices.
+    anchors: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -119,12 +121,15 @@ def micro_batch(batch: Sequence[PairExample], lam: float, pad_id: int) -> MicroB
     """What a micro-batch trains at weight λ: critiques when λ > 0, rewards when λ < 1."""
     lm = [s for ex in batch for s in (ex.chosen_lm, ex.rejected_lm) if s is not None]
     lm = lm if lam > 0 else []
-    pairs = [
-        (ex.chosen_score, ex.rejected_score)
-        for ex in batch
-        if ex.chosen_score is not None and ex.rejected_score is not None
-    ]
-    pairs = pairs if lam < 1 else []
+    pairs: list[tuple[list[int], list[int]]] = []
+    anchors: list[tuple[int, int]] = []
+    for ex in batch if lam < 1 else []:
+        if ex.chosen_score is None or ex.rejected_score is None:
+            continue
+        pairs.append((ex.chosen_score, ex.rejected_score))
+        if ex.chosen_plain is not None and ex.rejected_plain is not None:
+            pairs.append((ex.chosen_plain, ex.rejected_plain))
+            anchors.append((len(pairs) - 2, len(pairs) - 1))
     seqs = [s.ids for s in lm] + [c for c, _ in pairs] + [r for _, r in pairs]
     if not seqs:  # nothing to learn; a forward still runs (every process must sync)
         first = next(s for s in (batch[0].chosen_score, *_lm_ids(batch[0])) if s is not None)
@@ -132,7 +137,7 @@ def micro_batch(batch: Sequence[PairExample], lam: float, pad_id: int) -> MicroB
     ids, mask = pad_right(seqs, pad_id)
     predict = predict_mask(lm, ids.size(1))
     targets = ids[: len(lm), 1:][predict]
-    return MicroBatch(ids, mask, predict, targets, len(pairs))
+    return MicroBatch(ids, mask, predict, targets, len(pairs), anchors)
 
 
 def _lm_ids(ex: PairExample) -> list[list[int] | None]:
@@ -140,22 +145,33 @@ def _lm_ids(ex: PairExample) -> list[list[int] | None]:
 
 
 def micro_losses(
-    module: Any, mb: MicroBatch, lam: float, device: torch.device
-) -> tuple[torch.Tensor, float | None, float | None]:
-    """L = λ·ℓ_c + (1 − λ)·ℓ_r of one micro-batch (the parts absent in it count 0)."""
+    module: Any, mb: MicroBatch, lam: float, device: torch.device, anchor: float = 0.0
+) -> tuple[torch.Tensor, float | None, float | None, float | None]:
+    """L = λ·ℓ_c + (1 − λ)·(ℓ_r + anchor·ℓ_a) of one micro-batch (the parts absent in it count
+    0); also returns ℓ_c, ℓ_r and ℓ_a."""
     logits, reward = module(mb.ids.to(device), mb.mask.to(device), mb.predict.to(device))
     zero = reward.sum() * 0.0 + logits.sum() * 0.0  # keeps every output in the graph
     loss_c = selected_nll(logits, mb.targets.to(device)) if mb.targets.numel() else None
     loss_r = bradley_terry(reward[: mb.pairs], reward[mb.pairs :]) if mb.pairs else None
+    loss_a = None
+    if mb.anchors and anchor > 0:
+        crit = torch.tensor([c for c, _ in mb.anchors], device=reward.device)
+        plain = torch.tensor([p for _, p in mb.anchors], device=reward.device)
+        loss_a = anchor_loss(
+            torch.cat([reward[crit], reward[mb.pairs + crit]]),
+            torch.cat([reward[plain], reward[mb.pairs + plain]]),
+        )
+    reward_part = loss_r if loss_r is not None else zero
     total = joint(
         lam,
         loss_c if loss_c is not None else zero,
-        loss_r if loss_r is not None else zero,
+        reward_part + anchor * loss_a if loss_a is not None else reward_part,
     )
     return (
         total + zero,
         float(loss_c.detach()) if loss_c is not None else None,
         float(loss_r.detach()) if loss_r is not None else None,
+        float(loss_a.detach()) if loss_a is not None else None,
     )
 
 
@@ -230,7 +246,9 @@ def train(
             f"{micro_steps(cfg, acc.num_processes)} (train.pairs_per_step / train.micro_batch "
             "per process)"
         )
-    steps_per_epoch = math.ceil(len(examples) / cfg.pairs_per_step)
+    # Examples with variants take turns, one per epoch: each epoch has its own set.
+    epochs = [[i for i, ex in enumerate(examples) if ex.active(e)] for e in range(cfg.epochs)]
+    steps_per_epoch = math.ceil(len(epochs[0]) / cfg.pairs_per_step)
     lam_at = schedule_for(cfg, steps_per_epoch)
     if cfg.gradient_checkpointing:
         policy.causal.gradient_checkpointing_enable({"use_reentrant": False})
@@ -240,7 +258,7 @@ def train(
     if checkpoints is not None:
         state = train_state.load(acc, checkpoints.directory, digest=checkpoints.digest)
         resumed = state.step if state is not None else 0
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = sum(math.ceil(len(e) / cfg.pairs_per_step) for e in epochs)
     result = TrainResult(steps=total_steps, seconds=0.0, resumed_from=resumed)
     main = acc.is_main_process
     if resumed and log_path is not None and log_path.is_file():
@@ -258,7 +276,7 @@ def train(
     try:
         with train_state.stop_on_sigterm() as stop:
             for epoch in range(cfg.epochs):
-                order = list(range(len(examples)))
+                order = list(epochs[epoch])
                 rng.shuffle(order)  # replayed on resume: the same data order
                 for first in range(0, len(order), cfg.pairs_per_step):
                     if step < resumed:
@@ -278,6 +296,7 @@ def train(
                         "lambda": lam,
                         "loss_c": parts[0] / parts[1] if parts[1] else None,
                         "loss_r": parts[2] / parts[3] if parts[3] else None,
+                        "loss_a": parts[5] / parts[6] if parts[6] else None,
                         "lr": cfg.lr,
                         "tokens": tokens,
                         "tokens_per_s": tokens / seconds if seconds > 0 else None,
@@ -310,12 +329,12 @@ def _step(
     lam: float,
     cfg: TrainConfig,
     pad_id: int,
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float]:
     """Forward and backward of this process's share of one optimizer step. Returns the step's
-    loss sums and counts over every process (ℓ_c·n, n, ℓ_r·n, n) and its tokens."""
+    loss sums and counts over every process (ℓ_c·n, n, ℓ_r·n, n), its tokens, and ℓ_a·n, n."""
     count = acc.gradient_accumulation_steps
     chunks = shares(batch, cfg.micro_batch, acc.process_index, acc.num_processes, count)
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+    sums = [0.0] * 7
     for chunk in chunks:
         mb = micro_batch(chunk or batch[:1], lam, pad_id)
         # Each micro-batch's mean loss weighs by its share of the step's pairs, so the average
@@ -323,7 +342,7 @@ def _step(
         # accumulation count, which the weights already account for.
         weight = len(chunk) * acc.num_processes / len(batch) * count
         with acc.accumulate(module):  # no gradient sync until the step's last micro-batch
-            loss, lc, lr_ = micro_losses(module, mb, lam, acc.device)
+            loss, lc, lr_, la = micro_losses(module, mb, lam, acc.device, cfg.reward_anchor)
             acc.backward(loss * weight)
         if chunk:
             sums[4] += float(mb.mask.sum())
@@ -333,10 +352,13 @@ def _step(
             if lr_ is not None:
                 sums[2] += lr_ * len(chunk)
                 sums[3] += len(chunk)
+            if la is not None:
+                sums[5] += la * len(chunk)
+                sums[6] += len(chunk)
     if acc.num_processes > 1:
         total = acc.reduce(torch.tensor(sums, device=acc.device), reduction="sum")
         sums = [float(v) for v in total.cpu()]
-    return sums[0], sums[1], sums[2], sums[3], sums[4]
+    return sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -350,7 +372,7 @@ def _report(acc: Any, row: dict[str, Any], log_file: Any, bar: Any) -> None:
     scalars = {
         f"train/{k}": v
         for k, v in row.items()
-        if k in ("lambda", "loss_c", "loss_r", "lr", "tokens_per_s") and v is not None
+        if k in ("lambda", "loss_c", "loss_r", "loss_a", "lr", "tokens_per_s") and v is not None
     }
     acc.log(scalars, step=row["step"])
     bar.set_postfix(

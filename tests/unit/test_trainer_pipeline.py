@@ -37,6 +37,24 @@ def test_default_recipes_validate() -> None:
     assert longer.eval.on == "validation" and longer.eval.max_pairs == 90
 
 
+def test_a_recipe_states_only_what_differs_from_its_base(tmp_path: Path) -> None:
+    anchored = load_config(REPO / "trainer/configs/anchored.yaml")
+    base = load_config(REPO / "trainer/configs/teacher_sampled.yaml")
+    assert anchored.train.reward_anchor > 0 and anchored.train.rotate_sampled
+    assert anchored.sampling.teacher and anchored.train.lora == base.train.lora
+    assert anchored.eval == base.eval and anchored.out_dir != base.out_dir
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain: {epochs: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("train: {epochs: 2, lr: 0.5}\neval: {ms: [0, 1]}\n")
+    merged = load_config(tmp_path / "a.yaml", ["eval.ms=[0]"])
+    assert (merged.train.epochs, merged.train.lr, merged.eval.ms) == (7, 0.5, [0])
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
 def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
     cfg = load_config(
         None,

@@ -161,3 +161,68 @@ def test_dpo_runs_after_the_joint_training_on_utility_pairs(
     assert summary["dpo_pairs"] == 4
     assert summary["dpo_loss_first"] == pytest.approx(math.log(2), abs=1e-6)
     assert summary["dpo_loss_last"] < summary["dpo_loss_first"]
+
+
+def test_rco_runs_after_the_joint_training_and_favours_high_utility_critiques(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.checkpoint.manifest import Templates
+    from service.contract.formatting import PromptFormatter
+    from trainer.config import LoraConfig, load_config
+    from trainer.examples import critique_groups
+    from trainer.model import build_policy
+    from trainer.pipeline import digests
+    from trainer.preference import after_joint_training, reference_logps, sequence_logps
+    from trainer.run import Run, StageError
+
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "refine.method=utility",
+            "train.preference.loss=rco",
+            "train.preference.beta=0.5",
+            "train.preference.lr=0.005",
+            "train.preference.epochs=6",
+            "train.preference.pairs_per_step=2",
+        ],
+    )
+    fmt = PromptFormatter(
+        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 512
+    )
+    texts = ["Correct: the sum is right.", "Maybe.", "Wrong."]
+    records = [
+        {
+            "pair": {"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": "7"},
+            "chosen": [{"text": t} for t in texts],
+            "chosen_cu": [1.0, 0.5, 0.0],
+            "rejected": [{"text": "Only one."}],  # one critique: no group
+            "rejected_cu": [0.5],
+        }
+        for i in range(4)
+    ]
+    groups = critique_groups(fmt, records, max_critique_tokens=32, max_len=512)
+    assert len(groups) == 4 and groups[0][1] == [1.0, 0.5, 0.0]
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    policy = build_policy(
+        lm,
+        torch.zeros(1, lm.config.hidden_size),
+        lora=LoraConfig(r=4, alpha=8),
+        trainable_layers=None,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+    run = Run(cfg, digests(cfg))
+    summary = after_joint_training(run, policy, records, fmt, pad_id=2)
+    assert summary["rco_groups"] == 4
+    assert summary["rco_loss_last"] < 0.5 * summary["rco_loss_first"]
+    seqs = groups[0][0]
+    with torch.no_grad():
+        ratio = sequence_logps(policy.model, seqs, 2) - reference_logps(policy.model, seqs, 2)
+    assert float(ratio[0]) > float(ratio[1]) > float(ratio[2])  # π ∝ π_ref·exp(CU/β)
+    flat = [dict(r, chosen=r["chosen"][:1], chosen_cu=[1.0]) for r in records]
+    with pytest.raises(StageError, match="two or more critiques"):
+        after_joint_training(run, policy, flat, fmt, pad_id=2)

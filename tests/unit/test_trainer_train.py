@@ -14,9 +14,9 @@ from service.checkpoint.manifest import Templates
 from service.contract.formatting import PromptFormatter
 from trainer.config import LoraConfig, TrainConfig
 from trainer.examples import build_examples
-from trainer.losses import critique_nll
+from trainer.losses import anchor_loss, critique_nll
 from trainer.model import apply_delta, build_policy, save_delta
-from trainer.train import rewards, selected_nll, set_seed, train
+from trainer.train import micro_batch, rewards, selected_nll, set_seed, train
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +287,79 @@ def test_a_side_without_grounded_critiques_still_gives_reward_pairs_and_its_own_
     # The paper's input needs a critique on both sides: none here.
     only_train = build_examples(fmt, [rec], reward_inputs=["train"], **kw)
     assert all(e.chosen_score is None for e in only_train) and len(only_train) == 2
+
+
+def _sampled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        dict(r, chosen_plain=["looks right", "fine"], rejected_plain=["off by one", "wrong"])
+        for r in records
+    ]
+
+
+def test_anchored_rotating_examples_carry_the_plain_pair_and_take_turns(
+    fmt: PromptFormatter,
+) -> None:
+    rec = _sampled(_records())[0]
+    kw: dict[str, Any] = {"with_critiques": True, "max_critique_tokens": 32, "max_len": 512}
+    examples = build_examples(
+        fmt, [rec], reward_inputs=["plain", "sampled"], anchored=True, rotate_sampled=True, **kw
+    )
+    # One slot: the two sampled pairs take turns, each with the plain pair beside it and the
+    # training critique, so every epoch trains the plain pair and the critique head once.
+    assert [(e.variant, e.variants) for e in examples] == [(0, 2), (1, 2)]
+    enc = fmt.encode_item(rec["pair"]["prompt"], rec["pair"]["chosen"], 32, 1)
+    plain = fmt.score_ids(enc.score_prefix, None)
+    assert all(e.chosen_plain == plain and e.chosen_lm is not None for e in examples)
+    assert examples[1].chosen_score == fmt.score_ids(enc.score_prefix, "fine")
+    assert [e.active(3) for e in examples] == [False, True]
+    # Neither option: the plain pair is an example of its own, every sampled pair every epoch.
+    flat = build_examples(fmt, [rec], reward_inputs=["plain", "sampled"], **kw)
+    assert [(e.variants, e.chosen_plain) for e in flat] == [(1, None)] * 3
+    # Without sampled critiques the plain pair is kept as its own example, not lost.
+    bare = dict(rec, chosen_plain=[], rejected_plain=[])
+    alone = build_examples(fmt, [bare], reward_inputs=["plain", "sampled"], anchored=True, **kw)
+    assert len(alone) == 1 and alone[0].chosen_score == plain and alone[0].chosen_plain is None
+
+
+def test_the_anchor_pulls_critique_rewards_to_the_plain_reward_and_not_back() -> None:
+    plain = torch.tensor([1.0, -2.0], requires_grad=True)
+    conditioned = torch.tensor([3.0, -2.5], requires_grad=True)
+    loss = anchor_loss(conditioned, plain)
+    assert float(loss.detach()) == pytest.approx((2.0**2 + 0.5**2) / 2)
+    loss.backward()
+    assert plain.grad is None or not plain.grad.any()  # the plain reward is held fixed
+    assert conditioned.grad is not None
+    assert conditioned.grad.tolist() == pytest.approx([2.0, -0.5])
+
+
+def test_anchored_rotating_training_reads_one_sampled_critique_per_epoch(
+    tiny_llama: Path, fmt: PromptFormatter
+) -> None:
+    examples = build_examples(
+        fmt,
+        _sampled(_records()),
+        with_critiques=True,
+        max_critique_tokens=32,
+        max_len=512,
+        reward_inputs=["plain", "sampled"],
+        anchored=True,
+        rotate_sampled=True,
+    )
+    cfg = CFG.model_copy(
+        update={"epochs": 4, "constant_lambda": 0.5, "reward_anchor": 1.0, "rotate_sampled": True}
+    )
+    mb = micro_batch(examples[:2], 0.5, pad_id=2)
+    # Two examples: each a sampled pair and its plain pair; the anchor links them.
+    assert mb.pairs == 4 and mb.anchors == [(0, 1), (2, 3)]
+    result = train(_policy(tiny_llama, True), examples, cfg, seed=0, pad_id=2, progress=False)
+    assert len(examples) == 12 and result.steps == 4 * 3  # 6 pairs a epoch, 2 a step
+    assert all(r["loss_a"] is not None and r["loss_r"] is not None for r in result.log)
+    assert result.mean("loss_r", first=False, n=3) < result.mean("loss_r", first=True, n=3)
+
+
+def test_an_anchor_without_plain_or_sampled_inputs_is_refused() -> None:
+    with pytest.raises(ValueError, match="reward_anchor needs"):
+        TrainConfig(reward_anchor=0.5, reward_inputs=["sampled"])
 
 
 def test_every_process_gets_the_same_number_of_micro_batches_and_each_pair_once() -> None:
