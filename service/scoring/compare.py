@@ -2,8 +2,9 @@
 
 One generator call samples the criteria (`samples` trajectories; skipped when the request gives
 them), one writes a rubric per criterion and trajectory, one decodes every score under the 1-5
-constraint (each pair, both orders, each trajectory and criterion, A and B). The voting rules
-are service.scoring.voting's; beside each verdict, the reward head's Bradley-Terry probability
+constraint (each pair, both orders, each trajectory and criterion, A and B): the trajectories of
+service.engines.judgment, which the trainer's SyncPL stage samples too. The voting rules are
+service.contract.voting's; beside each verdict, the reward head's Bradley-Terry probability
 sigmoid(r_A - r_B) from m = 0 rewards scored through the batcher like /score. Identical
 responses are a tie without generation (GRPO groups repeat responses). The whole call runs on
 one model version and counts once for the drain."""
@@ -16,31 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.contract.formatting import Message
-from service.contract.judging import (
-    DEFAULT_RUBRIC,
-    FALLBACK_CRITERIA,
-    SCORE_MAX_TOKENS,
-    SCORE_REGEX,
-    criteria_chat,
-    criteria_regex,
-    parse_criteria,
-    parse_score,
-    rubric_chat,
-    score_chat,
-)
 from service.contract.options import ScoreOptions
-from service.engines.base import Critique, SamplingSpec
-from service.model.runtime import ModelRuntime
-from service.scoring.core import RewardService
-from service.scoring.errors import InvalidRequest
-from service.scoring.voting import (
-    CriterionScores,
+from service.contract.voting import (
     PairVerdict,
     Trajectory,
     identical_pair,
     judge_pair,
     ranking,
 )
+from service.engines.base import Critique, SamplingSpec
+from service.engines.judgment import Generate, sample_criteria, sample_rubrics, sample_scores
+from service.model.runtime import ModelRuntime
+from service.scoring.core import RewardService
+from service.scoring.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -127,10 +116,11 @@ class Comparer:
         scores: dict[tuple[int, int], list[Trajectory]] = {}
         if distinct:  # only identical pairs: nothing to judge, no generation
             criteria = await self._criteria(messages, opts, runtime, deadline, out)
-            rubrics = await self._rubrics(messages, criteria, opts, runtime, deadline, out)
-            scores = await self._scores(
-                messages, texts, distinct, criteria, rubrics, runtime, deadline, out
+            generate = self._generator(runtime, deadline, out)
+            rubrics = await sample_rubrics(
+                generate, messages, criteria, opts.temperature, opts.top_p, opts.rubric_tokens
             )
+            scores = await sample_scores(generate, messages, texts, distinct, criteria, rubrics)
         metrics = self.service.metrics
         verdicts: dict[tuple[int, int], PairVerdict] = {}
         for i, j in pairs:
@@ -181,6 +171,14 @@ class Comparer:
         out.judge_tokens += sum(c.num_tokens for row in outs for c in row)
         return outs
 
+    def _generator(
+        self, runtime: ModelRuntime, deadline: float | None, out: CompareOutcome
+    ) -> Generate:
+        async def generate(chats: list[list[Message]], spec: SamplingSpec) -> list[list[Critique]]:
+            return await self._generate(runtime, chats, spec, deadline, out)
+
+        return generate
+
     async def _criteria(
         self,
         messages: list[Message],
@@ -192,65 +190,13 @@ class Comparer:
         """The criteria of each trajectory."""
         if opts.criteria is not None:
             return [list(opts.criteria)] * opts.samples
-        k = opts.num_criteria
-        spec = SamplingSpec(
-            opts.samples, opts.temperature, opts.top_p, 24 * k, regex=criteria_regex(k)
+        criteria, warnings = await sample_criteria(
+            self._generator(runtime, deadline, out),
+            messages,
+            opts.num_criteria,
+            opts.samples,
+            opts.temperature,
+            opts.top_p,
         )
-        outs = await self._generate(runtime, [criteria_chat(messages, k)], spec, deadline, out)
-        found = [parse_criteria(c.text, k) for c in outs[0]]
-        if any(not f for f in found):
-            out.warnings.append("a sampled criteria list could not be read; default criteria used")
-        elif any(len(f) < k for f in found):
-            out.warnings.append(f"a sampled criteria list repeated itself: fewer than {k} criteria")
-        return [f or list(FALLBACK_CRITERIA[:k]) for f in found]
-
-    async def _rubrics(
-        self,
-        messages: list[Message],
-        criteria: list[list[str]],
-        opts: CompareOptions,
-        runtime: ModelRuntime,
-        deadline: float | None,
-        out: CompareOutcome,
-    ) -> list[list[str]]:
-        spec = SamplingSpec(1, opts.temperature, opts.top_p, opts.rubric_tokens)
-        chats = [rubric_chat(messages, c) for cs in criteria for c in cs]
-        outs = iter(await self._generate(runtime, chats, spec, deadline, out))
-        return [[next(outs)[0].text.strip() or DEFAULT_RUBRIC for _ in cs] for cs in criteria]
-
-    async def _scores(
-        self,
-        messages: list[Message],
-        texts: list[str],
-        pairs: list[tuple[int, int]],
-        criteria: list[list[str]],
-        rubrics: list[list[str]],
-        runtime: ModelRuntime,
-        deadline: float | None,
-        out: CompareOutcome,
-    ) -> dict[tuple[int, int], list[Trajectory]]:
-        """Every pair's trajectories in both orders, from one constrained generator call."""
-        plan: list[tuple[tuple[int, int], str, int]] = []  # (pair, order, sample)
-        chats: list[list[Message]] = []
-        for i, j in pairs:
-            for order in ("AB", "BA"):
-                first, second = (texts[i], texts[j]) if order == "AB" else (texts[j], texts[i])
-                for s, (cs, rs) in enumerate(zip(criteria, rubrics, strict=True)):
-                    plan.append(((i, j), order, s))
-                    for c, r in zip(cs, rs, strict=True):
-                        chats += [
-                            score_chat(messages, first, second, c, r, "A"),
-                            score_chat(messages, first, second, c, r, "B"),
-                        ]
-        spec = SamplingSpec(1, 0.0, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX)
-        outs = iter(await self._generate(runtime, chats, spec, deadline, out))
-        result: dict[tuple[int, int], list[Trajectory]] = {p: [] for p in pairs}
-        for pair, order, s in plan:
-            judged = []
-            for c, r in zip(criteria[s], rubrics[s], strict=True):
-                shown_a = parse_score(next(outs)[0].text) or 3  # constrained: always a digit
-                shown_b = parse_score(next(outs)[0].text) or 3
-                a, b = (shown_a, shown_b) if order == "AB" else (shown_b, shown_a)
-                judged.append(CriterionScores(c, r, a, b))
-            result[pair].append(Trajectory(order, judged))  # type: ignore[arg-type]
-        return result
+        out.warnings += warnings
+        return criteria

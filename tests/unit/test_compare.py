@@ -15,7 +15,7 @@ from critic_rm_client import RewardClient
 from critic_rm_client.adapters import make_trl_pairwise_judge
 from service.app import create_app
 from service.contract.judging import criteria_regex, parse_criteria, parse_score
-from service.scoring.voting import (
+from service.contract.voting import (
     CriterionScores,
     Trajectory,
     judge_pair,

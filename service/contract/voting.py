@@ -32,6 +32,7 @@ class Trajectory:
 
     order: Literal["AB", "BA"]  # AB: the pair's A was shown first
     criteria: list[CriterionScores]
+    sample: int = 0  # which sampled criteria list (and rubrics) it judged by
 
     def ranked(self) -> list[CriterionScores]:
         """The ranking rule: the largest score gap first (stable among equal gaps)."""
