@@ -98,8 +98,11 @@ class PreferenceConfig(_Section):
 
 
 class TrainConfig(_Section):
-    mode: Literal["critic", "bt"] = Field(
-        "critic", description="critic: Critic-RM joint training; bt: standard Bradley-Terry RM."
+    mode: Literal["critic", "bt", "syncpl"] = Field(
+        "critic",
+        description="critic: Critic-RM joint training; bt: standard Bradley-Terry RM; syncpl: "
+        "the /compare judge trained on its own label-consistent judgment trajectories (RSFT, "
+        "then DPO with train.preference.loss dpo) beside a Bradley-Terry reward head.",
     )
     epochs: int = Field(2, ge=1, description="K in the paper's λ(t) schedule.")
     beta: float = Field(0.9, ge=0, le=1, description="How far λ falls in the last epoch.")
@@ -162,6 +165,23 @@ class TrainConfig(_Section):
                 "the anchor is the plain reward of the responses a sampled critique reads"
             )
         return self
+
+
+class SyncplConfig(_Section):
+    """SyncPL's judgment trajectories (train.mode syncpl), sampled with the /compare prompts at
+    sampling.temperature and sampling.top_p."""
+
+    criteria: int = Field(
+        3, ge=1, le=8, description="Criteria per trajectory: /compare's num_criteria, default 3."
+    )
+    samples: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Trajectories per order (criteria lists sampled per pair) for training; "
+        "the evaluation judges as a default /compare request does, with one.",
+    )
+    rubric_tokens: int = Field(48, ge=1, description="Tokens of a sampled rubric.")
 
 
 SplitName = Literal["hard", "length_bias", "heldout_family", "unseen"]
@@ -251,6 +271,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     sampling: SamplingConfig = SamplingConfig()
     refine: RefineConfig = RefineConfig()
+    syncpl: SyncplConfig = SyncplConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
@@ -270,10 +291,17 @@ class Config(_Section):
                 "train.reward_inputs has 'sampled' but sampling.plain_critiques is 0: the reward "
                 "head would get no sampled critiques"
             )
-        if t.preference.loss != "none" and (self.refine.method != "utility" or not t.lora.enabled):
+        if t.preference.loss != "none" and not t.lora.enabled:
             raise ValueError(
-                "train.preference.loss needs refine.method=utility (its critique pairs) and "
-                "train.lora.enabled (the reference is the model with the adapter disabled)"
+                "train.preference.loss needs train.lora.enabled (the reference is the model "
+                "with its adapter disabled)"
+            )
+        if t.mode == "syncpl" and t.preference.loss == "rco":
+            raise ValueError("train.preference.loss rco needs train.mode critic (critique utility)")
+        if t.mode == "critic" and t.preference.loss != "none" and self.refine.method != "utility":
+            raise ValueError(
+                "train.preference.loss needs refine.method=utility in critic mode (its "
+                "critique pairs and utilities)"
             )
         if self.sampling.teacher and not self.sampling.grounded:
             raise ValueError(

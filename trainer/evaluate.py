@@ -116,14 +116,16 @@ async def evaluate(
 ) -> dict[str, Any]:
     """Accuracy at every m for one checkpoint version directory, on one list of pairs or on
     named splits (scored in one engine start; `by_m` is then the first split's). A standard
-    (bt) RM is only evaluated at m = 0: its reward head never saw a critique. With
+    (bt) RM, and the reward head of a SyncPL judge, are only evaluated at m = 0: their reward
+    head never saw a critique. With
     `stats_pairs`, also the reward mean/std over their responses at the checkpoint's default m
     (for the manifest)."""
     splits = dict(pairs) if isinstance(pairs, Mapping) else {"test": list(pairs)}
     version = resolve_checkpoint(checkpoint)
     mode = version.manifest.metrics.get("trainer", {}).get("mode")
-    ms = sorted({0} if mode == "bt" else set(ms))
-    default_m = 0 if mode == "bt" else version.manifest.sampling.num_critiques
+    plain = mode in ("bt", "syncpl")  # a reward head that never read a critique
+    ms = sorted({0} if plain else set(ms))
+    default_m = 0 if plain else version.manifest.sampling.num_critiques
     every = [p for part in splits.values() for p in part] + list(stats_pairs)
     items = [(p.prompt, y) for p in every for y in (p.chosen, p.rejected)]
     max_m = max([*ms, default_m if stats_pairs else 0])

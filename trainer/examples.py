@@ -61,7 +61,10 @@ def end_of_turn_ids(fmt: PromptFormatter) -> list[int]:
     return [int(eos)] if eos is not None else []
 
 
-def _lm(fmt: PromptFormatter, prompt_ids: list[int], critique: str, max_len: int) -> LmSequence:
+def lm_sequence(
+    fmt: PromptFormatter, prompt_ids: list[int], critique: str, max_len: int
+) -> LmSequence:
+    """A generated text after its prompt, as a training sequence (the end of turn appended)."""
     body = fmt.encode(critique) + end_of_turn_ids(fmt)
     body = body[: max(max_len - len(prompt_ids), 1)]
     return LmSequence(prompt_ids + body, len(prompt_ids))
@@ -86,7 +89,7 @@ def critique_pairs(
             prompt = fmt.encode_item(
                 pair["prompt"], pair[side], max_critique_tokens, 1, truncate_prompt=True
             ).critique_prompt
-            out.append(tuple(_lm(fmt, prompt, t, max_len) for t in texts[:2]))
+            out.append(tuple(lm_sequence(fmt, prompt, t, max_len) for t in texts[:2]))
     return [(a, b) for a, b in out]
 
 
@@ -113,7 +116,10 @@ def critique_groups(
                 pair["prompt"], pair[side], max_critique_tokens, 1, truncate_prompt=True
             ).critique_prompt
             out.append(
-                ([_lm(fmt, prompt, t, max_len) for t in texts], [float(u) for u in utilities])
+                (
+                    [lm_sequence(fmt, prompt, t, max_len) for t in texts],
+                    [float(u) for u in utilities],
+                )
             )
     return out
 
@@ -189,8 +195,12 @@ def build_examples(
         # Each side's grounded critiques are targets on their own: a side may have none.
         lm = [
             (
-                _lm(fmt, enc["chosen"].critique_prompt, zc, max_len) if zc is not None else None,
-                _lm(fmt, enc["rejected"].critique_prompt, zr, max_len) if zr is not None else None,
+                lm_sequence(fmt, enc["chosen"].critique_prompt, zc, max_len)
+                if zc is not None
+                else None,
+                lm_sequence(fmt, enc["rejected"].critique_prompt, zr, max_len)
+                if zr is not None
+                else None,
             )
             for zc, zr in zip_longest(rec["chosen_train"], rec["rejected_train"])
         ]

@@ -1,13 +1,15 @@
 """`critic-rm train`: the Critic-RM pipeline as resumable stages.
 
-data → base → sample → filter → refine → train → export → eval → publish (trainer.stages.PIPELINE)
+data → base → sample → filter → refine → train → export → eval → publish (trainer.stages.PIPELINE);
+syncpl mode: data → base → judge → train → export → eval → publish
 
 Every stage writes its output under the run directory and then a marker
 (stages/<name>.json: seconds, summary, digest). A stage is skipped when its marker exists and its
 digest (its own config sections, chained with the stage before) is unchanged, so a run resumes
 where it stopped and `--set train.epochs=3` reruns train and what follows it, not sampling.
-`--from STAGE` forces a rerun from STAGE on. The bt mode (a standard Bradley-Terry RM) skips
-sample, filter and refine."""
+`--from STAGE` forces a rerun from STAGE on. A stage runs only in the train modes it names
+(the bt mode, a standard Bradley-Terry RM, skips sample, filter and refine), and a digest chains
+only the stages of the run's mode."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def digests(cfg: Config, stages: Sequence[Stage] = PIPELINE) -> dict[str, str]:
     (so a change reruns the first stage it affects and everything after)."""
     tree = cfg.model_dump(mode="json")
     out, prev = {}, ""
-    for stage in stages:
+    for stage in (s for s in stages if cfg.train.mode in s.modes):
         blob = json.dumps([prev, {k: _pick(tree, k) for k in stage.sections}], sort_keys=True)
         prev = hashlib.sha256(blob.encode()).hexdigest()[:16]
         out[stage.name] = prev
@@ -65,7 +67,7 @@ def run_pipeline(
     if from_stage is not None and from_stage not in names:
         raise StageError(f"unknown stage {from_stage!r}; stages: {', '.join(names)}")
     run = Run(cfg, digests(cfg, stages))
-    todo = [s for s in stages if not (cfg.train.mode == "bt" and s.critic_only)]
+    todo = [s for s in stages if cfg.train.mode in s.modes]
     if not distributed.is_main():
         return _follow(run, todo, from_stage)
     run.dir.mkdir(parents=True, exist_ok=True)

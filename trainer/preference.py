@@ -87,9 +87,27 @@ def reference_logps(model: Any, seqs: Sequence[LmSequence], pad_id: int) -> torc
         return sequence_logps(model, seqs, pad_id)
 
 
+Completion = LmSequence | tuple[LmSequence, ...]  # one text, or a trajectory's segments
+
+
+def completion_logps(model: Any, items: Sequence[Completion], pad_id: int) -> torch.Tensor:
+    """Σ log p per completion [len(items)]: a trajectory's is the sum over its segments, each
+    scored on its own prompt (its probability factorises so)."""
+    parts = [(i, s) for i, item in enumerate(items) for s in _segments(item)]
+    logps = sequence_logps(model, [s for _, s in parts], pad_id)
+    owner = torch.tensor([i for i, _ in parts], device=logps.device)
+    return torch.zeros(len(items), device=logps.device, dtype=logps.dtype).index_add(
+        0, owner, logps
+    )
+
+
+def _segments(item: Completion) -> tuple[LmSequence, ...]:
+    return item if isinstance(item, tuple) else (item,)
+
+
 def train_dpo(
     model: Any,
-    pairs: Sequence[tuple[LmSequence, LmSequence]],
+    pairs: Sequence[tuple[Completion, Completion]],
     *,
     beta: float,
     lr: float,
@@ -98,9 +116,10 @@ def train_dpo(
     seed: int,
     pad_id: int,
 ) -> list[float]:
-    """DPO on (preferred, dispreferred) critique sequences of a LoRA model, in place; returns
-    the loss of every optimizer step. The reference log-probabilities are computed once, with
-    the adapter disabled, before the first step."""
+    """DPO on (preferred, dispreferred) completions of a LoRA model, in place: critique
+    sequences, or judgment trajectories as segment tuples; returns the loss of every optimizer
+    step. The reference log-probabilities are computed once, with the adapter disabled, before
+    the first step."""
     import random
 
     if not pairs:
@@ -108,7 +127,8 @@ def train_dpo(
     ref_chosen, ref_rejected = [], []
     for first in range(0, len(pairs), pairs_per_step):  # batched, as the training steps are
         part = pairs[first : first + pairs_per_step]
-        logps = reference_logps(model, [c for c, _ in part] + [r for _, r in part], pad_id)
+        with torch.no_grad(), adapter_disabled(model):
+            logps = completion_logps(model, [c for c, _ in part] + [r for _, r in part], pad_id)
         ref_chosen += list(logps[: len(part)])
         ref_rejected += list(logps[len(part) :])
     params = [p for p in model.parameters() if p.requires_grad]
@@ -121,8 +141,8 @@ def train_dpo(
         rng.shuffle(order)
         for first in range(0, len(order), pairs_per_step):
             batch = order[first : first + pairs_per_step]
-            seqs = [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch]
-            logps = sequence_logps(model, seqs, pad_id)
+            items = [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch]
+            logps = completion_logps(model, items, pad_id)
             n = len(batch)
             loss = dpo_loss(
                 logps[:n],
@@ -225,6 +245,30 @@ def after_joint_training(
             pad_id=pad_id,
         )
         return {"rco_groups": len(groups), "rco_loss_first": losses[0], "rco_loss_last": losses[-1]}
+    if run.cfg.train.mode == "syncpl":
+        from trainer.syncpl import dpo_trajectories
+
+        trajectories = dpo_trajectories(fmt, records, run.cfg.train.max_len)
+        if not trajectories:
+            raise StageError(
+                "train.preference dpo: no pair kept a trajectory and rejected another; sample "
+                "more trajectories (syncpl.samples) or more pairs"
+            )
+        losses = train_dpo(
+            policy.model,
+            trajectories,
+            beta=p.beta,
+            lr=p.lr,
+            epochs=p.epochs,
+            pairs_per_step=p.pairs_per_step,
+            seed=run.cfg.seed,
+            pad_id=pad_id,
+        )
+        return {
+            "dpo_pairs": len(trajectories),
+            "dpo_loss_first": losses[0],
+            "dpo_loss_last": losses[-1],
+        }
     pairs = critique_pairs(fmt, records, **lengths)
     if not pairs:
         raise StageError(

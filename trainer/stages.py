@@ -45,6 +45,7 @@ def trainer_info(run: Run) -> dict[str, Any]:
         "trainable_layers": t.trainable_layers,
         "refine": run.cfg.refine.model_dump() if t.mode == "critic" else None,
         "reward_inputs": t.reward_inputs if t.mode == "critic" else ["plain"],
+        "syncpl": run.cfg.syncpl.model_dump() if t.mode == "syncpl" else None,
         "reward_anchor": t.reward_anchor if t.mode == "critic" else None,
         "rotate_sampled": t.rotate_sampled if t.mode == "critic" else None,
         "grounded": run.cfg.sampling.grounded if t.mode == "critic" else None,
@@ -110,6 +111,28 @@ def stage_base(run: Run) -> dict[str, Any]:
     source = Path(run.cfg.base_model) if run.cfg.base_model else None
     version = bootstrap(root, source, seed=run.cfg.seed)
     return {"version": version.manifest.model_version, "base_model": version.manifest.base_model}
+
+
+async def stage_judge(run: Run) -> dict[str, Any]:
+    """SyncPL: /compare's judgment trajectories for every training pair, the label rules."""
+    from service.engines.factory import load_formatter, load_generator
+    from trainer.syncpl import JudgeSettings, filter_records, judge_pairs
+
+    engine_cfg = engine_config(run)
+    version = base_version(run)
+    fmt = load_formatter(version, engine_cfg)
+    s, c = run.cfg.sampling, run.cfg.syncpl
+    settings = JudgeSettings(c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens)
+    pairs = read_jsonl(run.path("train.jsonl"))
+    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
+    try:
+        records = await judge_pairs(generator, fmt, pairs, settings)
+    finally:
+        generator.shutdown()
+    write_json_lines([r for r in records if r is not None], run.path("trajectories.jsonl"))
+    kept, report = filter_records(records)
+    write_json_lines(kept, run.path("judged.jsonl"))
+    return report
 
 
 async def stage_sample(run: Run) -> dict[str, Any]:
@@ -205,6 +228,11 @@ def stage_train(run: Run) -> dict[str, Any]:
         anchored=t.reward_anchor > 0,
         rotate_sampled=t.rotate_sampled,
     )
+    if t.mode == "syncpl":  # the reward head on every pair, the judge on the kept trajectories
+        from trainer.syncpl import rsft_examples
+
+        records = read_json_lines(run.path("judged.jsonl"))
+        examples += rsft_examples(fmt, records, t.max_len)
     set_seed(cfg.seed)
     acc = distributed.accelerator(
         mixed_precision=t.mixed_precision,
@@ -251,7 +279,7 @@ def stage_train(run: Run) -> dict[str, Any]:
         checkpoints=checkpoints,
     )
     acc.end_training()
-    preference = after_joint_training(run, policy, records if critic else [], fmt, pad_id)
+    preference = after_joint_training(run, policy, records if t.mode != "bt" else [], fmt, pad_id)
     if run.cfg.tracking.wandb and acc.is_main_process:
         import wandb
 
@@ -339,9 +367,17 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         labels.append(label)
     write_report(results, labels, run.path("eval"))
     log_eval(run, results, labels)
+    compare = {}
+    if run.cfg.train.mode == "syncpl":  # what the judge is for: /compare, before and after
+        from trainer.syncpl import compare_report
+
+        compare = await compare_report(
+            run, {"trained": own, "base": base_version(run).path}, splits
+        )
     return {
         "results": [{"label": lbl, **r} for lbl, r in zip(labels, results, strict=True)],
         "not_compared": skipped,
+        **({"compare": compare} if compare else {}),
     }
 
 
@@ -369,6 +405,10 @@ def stage_publish(run: Run) -> dict[str, Any]:
     }
     if run.cfg.train.mode == "critic":
         metrics["filter"] = run.summary("filter")["report"]
+    if run.cfg.train.mode == "syncpl":
+        judged = run.summary("judge")
+        metrics["judge"] = {k: v for k, v in judged.items() if k not in ("stage", "digest")}
+        metrics["compare"] = run.summary("eval").get("compare")
     stats = own.get("reward_stats")
     root = Path(run.cfg.export.checkpoint_root)
     version = assemble(
@@ -406,15 +446,22 @@ class Stage:
     name: str
     func: Callable[[Run], StageResult]
     sections: tuple[str, ...]
-    critic_only: bool = False  # skipped by the bt mode (a standard Bradley-Terry RM)
+    modes: tuple[str, ...] = ("critic", "bt", "syncpl")  # the train.mode values that run it
 
 
+CRITIC = ("critic",)
 PIPELINE: tuple[Stage, ...] = (
     Stage("data", stage_data, ("seed", "data")),
     Stage("base", stage_base, ("base_model",)),
-    Stage("sample", stage_sample, ("sampling", "engine"), critic_only=True),
-    Stage("filter", stage_filter, (), critic_only=True),
-    Stage("refine", stage_refine, ("refine", "seed"), critic_only=True),
+    Stage(
+        "judge",
+        stage_judge,
+        ("syncpl", "sampling.temperature", "sampling.top_p", "engine"),
+        ("syncpl",),
+    ),
+    Stage("sample", stage_sample, ("sampling", "engine"), CRITIC),
+    Stage("filter", stage_filter, (), CRITIC),
+    Stage("refine", stage_refine, ("refine", "seed"), CRITIC),
     Stage("train", stage_train, ("train", "seed")),
     Stage("export", stage_export, ("export.name", "sampling")),
     Stage("eval", stage_eval, ("eval",)),

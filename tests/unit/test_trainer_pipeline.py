@@ -94,11 +94,21 @@ def test_set_without_equals_is_an_error() -> None:
 # ---------------------------------------------------------------- stages and resume
 def test_digest_chain_reruns_only_what_a_change_affects() -> None:
     a = digests(load_config(None))
+    assert list(a) == [s for s in STAGES if s != "judge"]  # a digest chains its mode's stages
     b = digests(load_config(None, ["train.epochs=5"]))
-    changed = [s for s in STAGES if a[s] != b[s]]
+    changed = [s for s in a if a[s] != b[s]]
     assert changed == ["train", "export", "eval", "publish"]
     c = digests(load_config(None, ["sampling.num_critiques=2"]))
-    assert next(s for s in STAGES if a[s] != c[s]) == "sample"
+    assert next(s for s in a if a[s] != c[s]) == "sample"
+    # SyncPL's judge stage: its own settings, and the sampling temperature, rerun it.
+    j = digests(load_config(None, ["train.mode=syncpl"]))
+    assert list(j) == ["data", "base", "judge", "train", "export", "eval", "publish"]
+    k = digests(load_config(None, ["train.mode=syncpl", "syncpl.samples=3"]))
+    assert next(s for s in j if j[s] != k[s]) == "judge"
+    t = digests(load_config(None, ["train.mode=syncpl", "sampling.temperature=0.5"]))
+    assert next(s for s in j if j[s] != t[s]) == "judge"
+    n = digests(load_config(None, ["train.mode=syncpl", "sampling.num_critiques=2"]))
+    assert next(s for s in j if j[s] != n[s]) == "export"  # the manifest's sampling defaults
 
 
 def _fake_stages(calls: list[str], fail: str | None = None) -> tuple[Stage, ...]:
@@ -118,11 +128,13 @@ def _fake_stages(calls: list[str], fail: str | None = None) -> tuple[Stage, ...]
 
 def test_pipeline_lists_the_stage_functions_in_order() -> None:
     assert STAGES == (
-        "data", "base", "sample", "filter", "refine", "train", "export", "eval", "publish"
+        "data", "base", "judge", "sample", "filter", "refine", "train", "export", "eval",
+        "publish",
     )  # fmt: skip
     assert [s.func for s in PIPELINE] == [
         stages.stage_data,
         stages.stage_base,
+        stages.stage_judge,
         stages.stage_sample,
         stages.stage_filter,
         stages.stage_refine,
@@ -131,7 +143,10 @@ def test_pipeline_lists_the_stage_functions_in_order() -> None:
         stages.stage_eval,
         stages.stage_publish,
     ]
-    assert {s.name for s in PIPELINE if s.critic_only} == {"sample", "filter", "refine"}
+    assert {s.name for s in PIPELINE if s.modes == ("critic",)} == {"sample", "filter", "refine"}
+    assert [s.name for s in PIPELINE if "bt" not in s.modes] == [
+        "judge", "sample", "filter", "refine"
+    ]  # fmt: skip
 
 
 def test_unknown_from_stage_is_refused(tmp_path: Path) -> None:
@@ -149,7 +164,7 @@ def test_run_resumes_after_a_failed_stage(tmp_path: Path) -> None:
     fakes = _fake_stages(calls)
     markers = run_pipeline(cfg, stages=fakes)
     assert calls == ["train", "export", "eval", "publish"]
-    assert set(markers) == set(STAGES)
+    assert set(markers) == set(STAGES) - {"judge"}
     calls.clear()
     run_pipeline(cfg, stages=fakes)
     assert calls == []  # everything done
