@@ -182,6 +182,13 @@ class SyncplConfig(_Section):
         "the evaluation judges as a default /compare request does, with one.",
     )
     rubric_tokens: int = Field(48, ge=1, description="Tokens of a sampled rubric.")
+    score_temperature: float = Field(
+        1.0,
+        ge=0,
+        description="Temperature of the training trajectories' scores: SyncPL samples judgments "
+        "by their probability, and greedy scores of a small judge are nearly always a tie. "
+        "/compare and the evaluation decode scores greedily.",
+    )
 
 
 SplitName = Literal["hard", "length_bias", "heldout_family", "unseen"]

@@ -122,7 +122,9 @@ async def stage_judge(run: Run) -> dict[str, Any]:
     version = base_version(run)
     fmt = load_formatter(version, engine_cfg)
     s, c = run.cfg.sampling, run.cfg.syncpl
-    settings = JudgeSettings(c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens)
+    settings = JudgeSettings(
+        c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens, c.score_temperature
+    )
     pairs = read_jsonl(run.path("train.jsonl"))
     generator = await asyncio.to_thread(load_generator, version, engine_cfg)
     try:

@@ -46,6 +46,7 @@ class JudgeSettings:
     temperature: float = 0.8
     top_p: float = 0.95
     rubric_tokens: int = 48
+    score_temperature: float = 0.0  # /compare's greedy scores; training trajectories sample
 
 
 async def judge_pairs(
@@ -78,7 +79,10 @@ async def judge_pairs(
         rubrics = await sample_rubrics(
             generate, messages, criteria, s.temperature, s.top_p, s.rubric_tokens
         )
-        judged = (await sample_scores(generate, messages, texts, [PAIR], criteria, rubrics))[PAIR]
+        scores = await sample_scores(
+            generate, messages, texts, [PAIR], criteria, rubrics, s.score_temperature
+        )
+        judged = scores[PAIR]
         if too_long:
             return None
         return {

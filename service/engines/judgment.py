@@ -92,9 +92,11 @@ async def sample_scores(
     pairs: Sequence[tuple[int, int]],
     criteria: list[list[str]],
     rubrics: list[list[str]],
+    temperature: float = 0.0,
 ) -> dict[tuple[int, int], list[Trajectory]]:
     """Every pair's trajectories in both orders (AB: the pair's first response shown first),
-    from one constrained call; scores are stored in the pair's orientation."""
+    from one constrained call; scores are stored in the pair's orientation. /compare decodes
+    scores greedily; the trainer samples them (temperature > 0), as SyncPL expands judgments."""
     plan: list[tuple[tuple[int, int], str, int]] = []  # (pair, order, sample)
     chats: list[list[Message]] = []
     for pair in pairs:
@@ -102,7 +104,7 @@ async def sample_scores(
             for s, (cs, rs) in enumerate(zip(criteria, rubrics, strict=True)):
                 plan.append((pair, order, s))
                 chats += score_chats(messages, texts, pair, order, cs, rs)
-    spec = SamplingSpec(1, 0.0, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX)
+    spec = SamplingSpec(1, temperature, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX)
     outs = iter(await generate(chats, spec) if chats else [])
     result: dict[tuple[int, int], list[Trajectory]] = {p: [] for p in pairs}
     for pair, order, s in plan:
