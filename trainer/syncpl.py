@@ -49,47 +49,69 @@ class JudgeSettings:
     score_temperature: float = 0.0  # /compare's greedy scores; training trajectories sample
 
 
+@dataclass(frozen=True)
+class Judged:
+    """One pair's judgment: the sampled criteria and rubrics, and the trajectories (both orders)."""
+
+    criteria: list[list[str]]
+    rubrics: list[list[str]]
+    trajectories: list[Trajectory]
+
+
+async def judge_two(
+    generator: CritiqueGenerator,
+    fmt: PromptFormatter,
+    prompt: Any,
+    first: str,
+    second: str,
+    settings: JudgeSettings,
+) -> Judged | None:
+    """/compare's judgment of `first` (A) against `second` (B) on the service's prompts, or
+    None when a judgment prompt does not fit the context."""
+    messages = fmt.neutral_messages(prompt)
+    texts = [fmt.neutralise(first), fmt.neutralise(second)]
+    too_long = False
+
+    async def generate(chats: list[list[Message]], spec: SamplingSpec) -> list[list[Critique]]:
+        nonlocal too_long
+        ids = [fmt.chat_ids(c, add_generation_prompt=True) for c in chats]
+        if too_long or max(len(i) for i in ids) + spec.max_tokens > fmt.max_model_len:
+            too_long = True
+            return [[Critique("", 0, "length")] * spec.n for _ in ids]
+        outs, _ = await generator.generate(ids, [spec] * len(ids))
+        return outs
+
+    s = settings
+    criteria, _ = await sample_criteria(
+        generate, messages, s.criteria, s.samples, s.temperature, s.top_p
+    )
+    rubrics = await sample_rubrics(
+        generate, messages, criteria, s.temperature, s.top_p, s.rubric_tokens
+    )
+    scores = await sample_scores(
+        generate, messages, texts, [PAIR], criteria, rubrics, s.score_temperature
+    )
+    return None if too_long else Judged(criteria, rubrics, scores[PAIR])
+
+
 async def judge_pairs(
     generator: CritiqueGenerator,
     fmt: PromptFormatter,
     pairs: Sequence[PreferencePair],
     settings: JudgeSettings,
 ) -> list[dict[str, Any] | None]:
-    """Every pair's trajectories in both orders (None where a judgment prompt does not fit the
-    context), concurrently: the engine batches the pairs' requests."""
+    """Every pair's trajectories in both orders, chosen as A (None where a judgment prompt
+    does not fit the context), concurrently: the engine batches the pairs' requests."""
 
     async def one(pair: PreferencePair) -> dict[str, Any] | None:
-        messages = fmt.neutral_messages(pair.prompt)
-        texts = [fmt.neutralise(pair.chosen), fmt.neutralise(pair.rejected)]
-        too_long = False
-
-        async def generate(chats: list[list[Message]], spec: SamplingSpec) -> list[list[Critique]]:
-            nonlocal too_long
-            ids = [fmt.chat_ids(c, add_generation_prompt=True) for c in chats]
-            if max(len(i) for i in ids) + spec.max_tokens > fmt.max_model_len:
-                too_long = True
-                return [[Critique("", 0, "length")] * spec.n for _ in ids]
-            outs, _ = await generator.generate(ids, [spec] * len(ids))
-            return outs
-
-        s = settings
-        criteria, _ = await sample_criteria(
-            generate, messages, s.criteria, s.samples, s.temperature, s.top_p
-        )
-        rubrics = await sample_rubrics(
-            generate, messages, criteria, s.temperature, s.top_p, s.rubric_tokens
-        )
-        scores = await sample_scores(
-            generate, messages, texts, [PAIR], criteria, rubrics, s.score_temperature
-        )
-        judged = scores[PAIR]
-        if too_long:
+        judged = await judge_two(generator, fmt, pair.prompt, pair.chosen, pair.rejected, settings)
+        if judged is None:
             return None
         return {
             "pair": pair.to_json(),
-            "criteria": criteria,
-            "rubrics": rubrics,
-            "trajectories": [trajectory_json(t) for t in judged],
+            "criteria": judged.criteria,
+            "rubrics": judged.rubrics,
+            "trajectories": [trajectory_json(t) for t in judged.trajectories],
         }
 
     return list(await asyncio.gather(*(one(p) for p in pairs)))

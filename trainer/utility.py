@@ -4,19 +4,23 @@ drives is worth.
 For each response y0 and each of its sampled critiques c_i, the actor (the generator, asked as
 /refine's served policy asks it: service.contract.revision) writes M revisions; a judge compares
 each revision with y0 in both orders, a win 1, a tie 0.5, a loss 0, and the critique's utility
-CU(c_i) is the mean. The judge here is the pair's verifier (the synthetic data's unit tests,
-arithmetic checker, constraints): a revision that is right where y0 was wrong wins, one that
-breaks a right y0 loses, and equal verdicts tie, whichever order they are read in. The top K
+CU(c_i) is the mean. The judge is the pair's verifier where it has one (the synthetic data's
+unit tests, arithmetic checker, constraints): a revision that is right where y0 was wrong wins,
+one that breaks a right y0 loses, and equal verdicts tie, whichever order they are read in.
+Pairs without a verifier (a loaded dataset) are judged by the /compare judge, the generator
+itself on /compare's prompts, in both orders with ties. The top K
 critiques by CU are the training critiques (SFT), and each response's best and worst critique,
 when their CU differ, form a (preferred, dispreferred) pair for preference training."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from service.contract.formatting import PromptFormatter, normalize_prompt
 from service.contract.revision import revision_messages
+from service.contract.voting import judge_pair
 from service.engines.base import CritiqueGenerator, SamplingSpec
 from trainer.verify.checks import verify
 
@@ -57,6 +61,42 @@ def revision_prompt(fmt: PromptFormatter, prompt: Any, response: str, critique: 
     return fmt.chat_ids(fmt.neutral_messages(messages), add_generation_prompt=True)
 
 
+async def _outcomes(
+    generator: CritiqueGenerator,
+    fmt: PromptFormatter,
+    pair: dict[str, Any],
+    original: str,
+    revisions: Sequence[str],
+) -> list[float]:
+    """Each revision against the original: by the pair's verifier where it has one, else by
+    the /compare judge."""
+    if pair.get("check"):
+        was = verify(pair["check"], original).correct
+        outcomes = []
+        for text in revisions:
+            revised = verify(pair["check"], text).correct
+            forward = verifier_judgment(revised, was)
+            outcomes.append(both_orders(forward, verifier_judgment(was, revised)))
+        return outcomes
+    judged = [model_judgment(generator, fmt, pair["prompt"], t, original) for t in revisions]
+    return list(await asyncio.gather(*judged))
+
+
+async def model_judgment(
+    generator: CritiqueGenerator, fmt: PromptFormatter, prompt: Any, revised: str, original: str
+) -> float:
+    """The /compare judge's outcome for a revision against the original, judged as a default
+    /compare request (both orders in one verdict: 1 when it prefers the revision, 0.5 a tie,
+    including disagreeing orders, 0 when it prefers the original); a tie when a judgment
+    prompt does not fit the context."""
+    from trainer.syncpl import JudgeSettings, judge_two
+
+    judged = await judge_two(generator, fmt, prompt, revised, original, JudgeSettings(samples=1))
+    if judged is None:
+        return 0.5
+    return {"A": 1.0, "tie": 0.5, "B": 0.0}[judge_pair(judged.trajectories).preference]
+
+
 async def utility_refine(
     generator: CritiqueGenerator,
     fmt: PromptFormatter,
@@ -71,12 +111,6 @@ async def utility_refine(
     """Each record gains, per side, "<side>_cu" (the utility of every critique, in sampled
     order), "<side>_train" (the top K texts by utility) and "<side>_cu_pair" ([preferred,
     dispreferred] or null)."""
-    for r in records:
-        if not r["pair"].get("check"):
-            raise ValueError(
-                "refine.method utility judges revisions with the pair's verifier; this pair has "
-                f"none (prompt {str(r['pair']['prompt'])[:60]!r}); use ranking for such data"
-            )
     jobs = [
         (n, side, j) for n, r in enumerate(records) for side in SIDES for j in range(len(r[side]))
     ]
@@ -92,16 +126,13 @@ async def utility_refine(
     specs = [SamplingSpec(revisions, temperature, top_p, min(max_tokens, r)) for r in room]
     written, _ = await generator.generate(prompts, specs) if prompts else ([], None)
     outs = iter(written)
-    cu: dict[tuple[int, str], list[float]] = {}
+    judgments = []
     for (n, side, _j), fits in zip(jobs, keep, strict=True):
         pair = records[n]["pair"]
-        original = verify(pair["check"], pair[side]).correct
         texts = [c.text for c in next(outs)] if fits else []
-        outcomes = []
-        for text in texts:
-            revised = verify(pair["check"], text).correct
-            forward = verifier_judgment(revised, original)
-            outcomes.append(both_orders(forward, verifier_judgment(original, revised)))
+        judgments.append(_outcomes(generator, fmt, pair, pair[side], texts))
+    cu: dict[tuple[int, str], list[float]] = {}
+    for (n, side, _j), outcomes in zip(jobs, await asyncio.gather(*judgments), strict=True):
         # A critique whose revision prompt does not fit the context drives no revision: a tie.
         cu.setdefault((n, side), []).append(critique_utility(outcomes) if outcomes else 0.5)
     out = []

@@ -118,12 +118,51 @@ def test_utility_refinement_ranks_critiques_by_what_their_revisions_achieve(
     assert fmt.tokenizer.decode(expected) in gen.seen
 
 
-def test_utility_refinement_needs_a_verifier(fmt: PromptFormatter) -> None:
-    record = {"pair": {**PAIR, "check": None}, "chosen": [], "rejected": []}
-    gen = Scripted(fmt, {})
-    with pytest.raises(ValueError, match="verifier"):
-        asyncio.run(
-            utility_refine(
-                gen, fmt, [record], k=1, revisions=2, max_tokens=8, temperature=1, top_p=1
-            )
+class ScriptedJudge(Scripted):
+    """The actor as scripted; as the /compare judge, it lists criteria, writes a rubric, and
+    scores 5 the response that divides right ("= 25") and 1 any other, wherever it is shown."""
+
+    scored = 0
+
+    async def generate(
+        self, prompts: Sequence[list[int]], specs: Sequence[SamplingSpec]
+    ) -> tuple[list[list[Critique]], EngineStats]:
+        judged = []
+        for ids, spec in zip(prompts, specs, strict=True):
+            text = self.fmt.tokenizer.decode(ids)
+            if "most important criteria" in text:
+                judged.append([Critique("- accuracy\n- clarity\n- brevity\n", 9, "stop")] * spec.n)
+            elif "scoring rubric" in text:
+                judged.append([Critique("1: wrong; 5: right", 6, "stop")] * spec.n)
+            elif "Score Response" in text:
+                assert spec.temperature == 0.0  # /compare's greedy scores
+                self.scored += 1
+                which = text.rsplit("Score Response ", 1)[1][0]
+                start = text.index(f"[Response {which}]")
+                shown = text[start : text.index("\n\n", start + 14)]
+                judged.append([Critique("5" if "= 25" in shown else "1", 1, "stop")])
+            else:
+                judged += (await super().generate([ids], [spec]))[0]
+        return judged, EngineStats()
+
+
+def test_without_a_verifier_the_compare_judge_decides_in_both_orders(
+    fmt: PromptFormatter,
+) -> None:
+    record = {
+        "pair": {**PAIR, "check": None},
+        "chosen": [],
+        "rejected": [{"text": "VAGUE: could be better."}, {"text": "FIX-IT: divide 150 by 6."}],
+    }
+    gen = ScriptedJudge(fmt, {"VAGUE": [WRONG, WRONG], "FIX-IT": [RIGHT, WRONG]})
+    (out,) = asyncio.run(
+        utility_refine(
+            gen, fmt, [record], k=1, revisions=2, max_tokens=64, temperature=0.8, top_p=0.95
         )
+    )
+    # FIX-IT: one revision the judge prefers in both orders (1), one it cannot tell from
+    # the original (both score 1: a tie, 0.5); VAGUE: two ties.
+    assert out["rejected_cu"] == [0.5, 0.75] and out["chosen_cu"] == []
+    assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
+    # 4 revisions x 2 orders x 3 criteria (/compare's default) x 2 responses.
+    assert gen.scored == 48
