@@ -210,6 +210,15 @@ class EvalConfig(_Section):
     )
     max_pairs: int | None = Field(None, ge=1, description="Cap on test pairs evaluated.")
     stats_pairs: int = Field(16, ge=0, description="Validation pairs for reward mean/std.")
+    critic: bool = Field(
+        False,
+        description="Also what the critic is for (trainer.critic_eval), for this version and "
+        "the base: mean critique utility and the fix rate after 1 and 2 critique-revision "
+        "rounds, on the evaluated pairs that have a verifier.",
+    )
+    critic_pairs: int = Field(
+        40, ge=1, description="Pairs per split for eval.critic (each costs revisions)."
+    )
     compare: dict[str, str] = Field(
         default_factory=dict,
         description="Other checkpoint version directories to evaluate beside this one, by label.",

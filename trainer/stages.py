@@ -369,6 +369,15 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         labels.append(label)
     write_report(results, labels, run.path("eval"))
     log_eval(run, results, labels)
+    critic = {}
+    if e.critic:  # what the critic is for: mean CU and the fix rate, before and after
+        from trainer.critic_eval import CriticEvalSettings, critic_eval, write_critic_report
+
+        versions = {"trained": own, "base": base_version(run).path}
+        few = {name: part[: e.critic_pairs] for name, part in splits.items()}
+        for label, version_dir in versions.items():
+            critic[label] = await critic_eval(version_dir, few, engine_cfg, CriticEvalSettings())
+        write_critic_report(critic, run.path("eval"))
     compare = {}
     if run.cfg.train.mode == "syncpl":  # what the judge is for: /compare, before and after
         from trainer.syncpl import compare_report
@@ -380,6 +389,7 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         "results": [{"label": lbl, **r} for lbl, r in zip(labels, results, strict=True)],
         "not_compared": skipped,
         **({"compare": compare} if compare else {}),
+        **({"critic": critic} if critic else {}),
     }
 
 
