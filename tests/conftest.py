@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.checkpoint.manifest import Templates
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
+from service.contract.formatting import PromptFormatter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,3 +66,13 @@ def tiny_llama(
 ) -> Path:
     """A randomly initialised 2-layer Llama with the default model's tokenizer."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_version.generator_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_formatter(tiny_llama: Path) -> PromptFormatter:
+    """The service's formatter over the tiny Llama's tokenizer, a 1024-token context."""
+    from transformers import AutoTokenizer
+
+    return PromptFormatter(
+        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 1024
+    )

@@ -12,7 +12,6 @@ training:
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -151,14 +150,11 @@ async def critic_eval(
     settings: CriticEvalSettings,
 ) -> dict[str, dict[str, Any]]:
     """critic_metrics of one checkpoint version on named splits, with its sampling defaults."""
-    from service.engines.factory import load_formatter, load_generator
-    from trainer.evaluate import resolve_checkpoint
+    from trainer.evaluate import open_generator, resolve_checkpoint
 
     version = resolve_checkpoint(version_dir)
-    fmt = load_formatter(version, engine_cfg)
     sampling = version.manifest.sampling
-    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
-    try:
+    async with open_generator(version, engine_cfg) as (generator, fmt):
         return {
             name: await critic_metrics(
                 generator,
@@ -171,8 +167,6 @@ async def critic_eval(
             )
             for name, part in splits.items()
         }
-    finally:
-        generator.shutdown()
 
 
 def write_critic_report(results: Mapping[str, Mapping[str, dict[str, Any]]], folder: Path) -> None:

@@ -11,15 +11,17 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from service.checkpoint.manifest import MANIFEST_FILE
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion, load_version
+from service.contract.formatting import PromptFormatter
 from service.engines.base import CritiqueGenerator, RewardScorer, SamplingSpec
 from service.engines.config import EngineConfig
-from service.engines.factory import load_engines, load_formatter, load_scorer
+from service.engines.factory import load_engines, load_formatter, load_generator, load_scorer
 from trainer.data.pairs import PreferencePair
 
 
@@ -28,6 +30,20 @@ def resolve_checkpoint(path: Path) -> CheckpointVersion:
     if (path / MANIFEST_FILE).is_file():
         return load_version(path, verify_hashes=False)
     return CheckpointRoot(path).resolve(verify_hashes=False)
+
+
+@asynccontextmanager
+async def open_generator(
+    version: CheckpointVersion, engine_cfg: EngineConfig
+) -> AsyncIterator[tuple[CritiqueGenerator, PromptFormatter]]:
+    """A version's critique generator (started off the event loop) and its formatter; the
+    engine is shut down on the way out, whatever happens inside."""
+    fmt = load_formatter(version, engine_cfg)
+    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
+    try:
+        yield generator, fmt
+    finally:
+        generator.shutdown()
 
 
 Z95 = 1.959964

@@ -16,7 +16,8 @@ the adapter disabled (`reference_logps`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -112,7 +113,7 @@ def train_dpo(
     beta: float,
     lr: float,
     epochs: int,
-    pairs_per_step: int,
+    per_step: int,
     seed: int,
     pad_id: int,
 ) -> list[float]:
@@ -120,37 +121,55 @@ def train_dpo(
     sequences, or judgment trajectories as segment tuples; returns the loss of every optimizer
     step. The reference log-probabilities are computed once, with the adapter disabled, before
     the first step."""
-    import random
-
     if not pairs:
         raise ValueError("no preference pairs to train on")
     ref_chosen, ref_rejected = [], []
-    for first in range(0, len(pairs), pairs_per_step):  # batched, as the training steps are
-        part = pairs[first : first + pairs_per_step]
+    for first in range(0, len(pairs), per_step):  # batched, as the training steps are
+        part = pairs[first : first + per_step]
         with torch.no_grad(), adapter_disabled(model):
             logps = completion_logps(model, [c for c, _ in part] + [r for _, r in part], pad_id)
         ref_chosen += list(logps[: len(part)])
         ref_rejected += list(logps[len(part) :])
+
+    def step_loss(batch: list[int]) -> torch.Tensor:
+        items = [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch]
+        logps = completion_logps(model, items, pad_id)
+        n = len(batch)
+        return dpo_loss(
+            logps[:n],
+            logps[n:],
+            torch.stack([ref_chosen[i] for i in batch]),
+            torch.stack([ref_rejected[i] for i in batch]),
+            beta,
+        )
+
+    return _optimise(
+        model, len(pairs), step_loss, lr=lr, epochs=epochs, per_step=per_step, seed=seed
+    )
+
+
+def _optimise(
+    model: Any,
+    count: int,
+    step_loss: Callable[[list[int]], torch.Tensor],
+    *,
+    lr: float,
+    epochs: int,
+    per_step: int,
+    seed: int,
+) -> list[float]:
+    """AdamW over the trainable weights, `per_step` of `count` items a step in a seeded
+    shuffled order each epoch; returns every step's loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     rng = random.Random(seed)
     losses = []
     model.train()
     for _ in range(epochs):
-        order = list(range(len(pairs)))
+        order = list(range(count))
         rng.shuffle(order)
-        for first in range(0, len(order), pairs_per_step):
-            batch = order[first : first + pairs_per_step]
-            items = [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch]
-            logps = completion_logps(model, items, pad_id)
-            n = len(batch)
-            loss = dpo_loss(
-                logps[:n],
-                logps[n:],
-                torch.stack([ref_chosen[i] for i in batch]),
-                torch.stack([ref_rejected[i] for i in batch]),
-                beta,
-            )
+        for first in range(0, count, per_step):
+            loss = step_loss(order[first : first + per_step])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -167,122 +186,90 @@ def train_rco(
     beta: float,
     lr: float,
     epochs: int,
-    groups_per_step: int,
+    per_step: int,
     seed: int,
     pad_id: int,
 ) -> list[float]:
     """RCO's pointwise loss on each response's N critiques and their utilities, a LoRA model
     trained in place; returns the loss of every optimizer step. Like DPO, the reference
     log-probabilities are computed once, adapter disabled, before the first step."""
-    import random
-
     if not groups:
         raise ValueError("no critique groups to train on")
     reference = [reference_logps(model, list(seqs), pad_id) for seqs, _ in groups]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    rng = random.Random(seed)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = list(range(len(groups)))
-        rng.shuffle(order)
-        for first in range(0, len(order), groups_per_step):
-            batch = order[first : first + groups_per_step]
-            logps = sequence_logps(model, [s for i in batch for s in groups[i][0]], pad_id)
-            parts, at = [], 0
-            for i in batch:  # N may differ between responses: one loss term each
-                seqs, utilities = groups[i]
-                n = len(seqs)
-                parts.append(
-                    rco_loss(
-                        logps[at : at + n].unsqueeze(0),
-                        reference[i].unsqueeze(0),
-                        torch.tensor([list(utilities)], device=logps.device),
-                        beta,
-                    )
+
+    def step_loss(batch: list[int]) -> torch.Tensor:
+        logps = sequence_logps(model, [s for i in batch for s in groups[i][0]], pad_id)
+        parts, at = [], 0
+        for i in batch:  # N may differ between responses: one loss term each
+            seqs, utilities = groups[i]
+            n = len(seqs)
+            parts.append(
+                rco_loss(
+                    logps[at : at + n].unsqueeze(0),
+                    reference[i].unsqueeze(0),
+                    torch.tensor([list(utilities)], device=logps.device),
+                    beta,
                 )
-                at += n
-            loss = torch.stack(parts).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+            )
+            at += n
+        return torch.stack(parts).mean()
+
+    return _optimise(
+        model, len(groups), step_loss, lr=lr, epochs=epochs, per_step=per_step, seed=seed
+    )
 
 
 def after_joint_training(
     run: Run, policy: Any, records: list[dict[str, Any]], fmt: Any, pad_id: int
 ) -> dict[str, Any]:
     """Preference training of the critique head after the joint training (train.preference):
-    DPO on the utility critique pairs, or RCO's pointwise loss on every critique's utility."""
+    DPO on the utility critique pairs (critic mode) or on kept against rejected judgment
+    trajectories (syncpl mode), or RCO's pointwise loss on every critique's utility."""
     from trainer import distributed
     from trainer.examples import critique_groups, critique_pairs
+    from trainer.syncpl import dpo_trajectories
 
     p = run.cfg.train.preference
     if p.loss == "none":
         return {}
     if distributed.launched():
         raise StageError("train.preference runs in one process for now, not under a launcher")
-    lengths = {"max_critique_tokens": run.cfg.sampling.max_tokens, "max_len": run.cfg.train.max_len}
+    tokens, max_len = run.cfg.sampling.max_tokens, run.cfg.train.max_len
+    trainer: Callable[..., list[float]]
     if p.loss == "rco":
-        groups = critique_groups(fmt, records, **lengths)
-        if not groups:
-            raise StageError(
-                "train.preference.loss rco: no response has two or more critiques with a "
-                "utility (sampling.num_critiques >= 2 and refine.method utility)"
-            )
-        losses = train_rco(
-            policy.model,
-            groups,
-            beta=p.beta,
-            lr=p.lr,
-            epochs=p.epochs,
-            groups_per_step=p.pairs_per_step,
-            seed=run.cfg.seed,
-            pad_id=pad_id,
+        data: Sequence[Any] = critique_groups(
+            fmt, records, max_critique_tokens=tokens, max_len=max_len
         )
-        return {"rco_groups": len(groups), "rco_loss_first": losses[0], "rco_loss_last": losses[-1]}
-    if run.cfg.train.mode == "syncpl":
-        from trainer.syncpl import dpo_trajectories
-
-        trajectories = dpo_trajectories(fmt, records, run.cfg.train.max_len)
-        if not trajectories:
-            raise StageError(
-                "train.preference dpo: no pair kept a trajectory and rejected another; sample "
-                "more trajectories (syncpl.samples) or more pairs"
-            )
-        losses = train_dpo(
-            policy.model,
-            trajectories,
-            beta=p.beta,
-            lr=p.lr,
-            epochs=p.epochs,
-            pairs_per_step=p.pairs_per_step,
-            seed=run.cfg.seed,
-            pad_id=pad_id,
+        trainer, kind = train_rco, "rco_groups"
+        empty = (
+            "train.preference.loss rco: no response has two or more critiques with a utility "
+            "(sampling.num_critiques >= 2 and refine.method utility)"
         )
-        return {
-            "dpo_pairs": len(trajectories),
-            "dpo_loss_first": losses[0],
-            "dpo_loss_last": losses[-1],
-        }
-    pairs = critique_pairs(fmt, records, **lengths)
-    if not pairs:
-        raise StageError(
+    elif run.cfg.train.mode == "syncpl":
+        data = dpo_trajectories(fmt, records, max_len)
+        trainer, kind = train_dpo, "dpo_pairs"
+        empty = (
+            "train.preference dpo: no pair kept a trajectory and rejected another; sample more "
+            "trajectories (syncpl.samples) or more pairs"
+        )
+    else:
+        data = critique_pairs(fmt, records, max_critique_tokens=tokens, max_len=max_len)
+        trainer, kind = train_dpo, "dpo_pairs"
+        empty = (
             "train.preference: no (high-CU, low-CU) critique pairs; every response's critiques "
             "had the same utility"
         )
-    losses = train_dpo(
+    if not data:
+        raise StageError(empty)
+    losses = trainer(
         policy.model,
-        pairs,
+        data,
         beta=p.beta,
         lr=p.lr,
         epochs=p.epochs,
-        pairs_per_step=p.pairs_per_step,
+        per_step=p.pairs_per_step,
         seed=run.cfg.seed,
         pad_id=pad_id,
     )
-    return {"dpo_pairs": len(pairs), "dpo_loss_first": losses[0], "dpo_loss_last": losses[-1]}
+    loss = kind.split("_")[0]
+    return {kind: len(data), f"{loss}_loss_first": losses[0], f"{loss}_loss_last": losses[-1]}

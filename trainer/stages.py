@@ -115,22 +115,16 @@ def stage_base(run: Run) -> dict[str, Any]:
 
 async def stage_judge(run: Run) -> dict[str, Any]:
     """SyncPL: /compare's judgment trajectories for every training pair, the label rules."""
-    from service.engines.factory import load_formatter, load_generator
+    from trainer.evaluate import open_generator
     from trainer.syncpl import JudgeSettings, filter_records, judge_pairs
 
-    engine_cfg = engine_config(run)
-    version = base_version(run)
-    fmt = load_formatter(version, engine_cfg)
     s, c = run.cfg.sampling, run.cfg.syncpl
     settings = JudgeSettings(
         c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens, c.score_temperature
     )
     pairs = read_jsonl(run.path("train.jsonl"))
-    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
-    try:
+    async with open_generator(base_version(run), engine_config(run)) as (generator, fmt):
         records = await judge_pairs(generator, fmt, pairs, settings)
-    finally:
-        generator.shutdown()
     write_json_lines([r for r in records if r is not None], run.path("trajectories.jsonl"))
     kept, report = filter_records(records)
     write_json_lines(kept, run.path("judged.jsonl"))

@@ -281,19 +281,13 @@ async def compare_accuracy_of(
     engine_cfg: EngineConfig,
 ) -> dict[str, dict[str, Any]]:
     """/compare accuracy (position swap) of one checkpoint version on named splits."""
-    from service.engines.factory import load_formatter, load_generator
-    from trainer.evaluate import resolve_checkpoint
+    from trainer.evaluate import open_generator, resolve_checkpoint
 
-    version = resolve_checkpoint(version_dir)
-    fmt = load_formatter(version, engine_cfg)
-    generator = await asyncio.to_thread(load_generator, version, engine_cfg)
-    try:
+    async with open_generator(resolve_checkpoint(version_dir), engine_cfg) as (generator, fmt):
         return {
             name: compare_accuracy(await judge_pairs(generator, fmt, part, settings))
             for name, part in splits.items()
         }
-    finally:
-        generator.shutdown()
 
 
 async def compare_report(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from service.checkpoint.manifest import Templates
 from service.contract.formatting import PromptFormatter
 from service.engines.base import Critique, EngineStats, SamplingSpec
 from tests.unit.test_trainer_utility import PAIR, RIGHT, WRONG
@@ -45,12 +44,8 @@ class Critic:
 
 
 @pytest.fixture(scope="module")
-def fmt(tiny_llama: Path) -> PromptFormatter:
-    from transformers import AutoTokenizer
-
-    return PromptFormatter(
-        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 1024
-    )
+def fmt(tiny_formatter: PromptFormatter) -> PromptFormatter:
+    return tiny_formatter
 
 
 def test_mean_utility_and_fix_rate_of_a_scripted_critic(

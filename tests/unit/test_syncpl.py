@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 
-from service.checkpoint.manifest import Templates
 from service.contract.formatting import PromptFormatter
 from service.contract.judging import criteria_chat, rubric_chat, score_chat
 from trainer.syncpl import (
@@ -73,12 +72,8 @@ def test_filter_keeps_the_largest_gap_and_reports_the_base_judges_accuracy() -> 
 
 
 @pytest.fixture(scope="module")
-def fmt(tiny_llama: Path) -> PromptFormatter:
-    from transformers import AutoTokenizer
-
-    return PromptFormatter(
-        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 1024
-    )
+def fmt(tiny_formatter: PromptFormatter) -> PromptFormatter:
+    return tiny_formatter
 
 
 def _split(fmt: PromptFormatter, seq: Any) -> tuple[list[int], str]:
@@ -158,8 +153,6 @@ def test_dpo_over_whole_trajectories_starts_at_log_two_and_falls(
         whole = completion_logps(model, [good], pad_id=2)
         parts = completion_logps(model, list(good), pad_id=2)
     assert float(whole[0]) == pytest.approx(float(parts.sum()), rel=1e-5)
-    losses = train_dpo(
-        model, pairs, beta=0.5, lr=1e-2, epochs=8, pairs_per_step=2, seed=0, pad_id=2
-    )
+    losses = train_dpo(model, pairs, beta=0.5, lr=1e-2, epochs=8, per_step=2, seed=0, pad_id=2)
     assert losses[0] == pytest.approx(math.log(2), abs=1e-6)
     assert losses[-1] < 0.6 * math.log(2)

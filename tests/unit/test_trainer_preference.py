@@ -97,9 +97,7 @@ def test_the_reference_is_the_base_model_with_the_adapter_off(tiny_llama: Path) 
 
 def test_dpo_starts_at_log_two_and_falls(tiny_llama: Path) -> None:
     model, pairs = _model_and_pairs(tiny_llama)
-    losses = train_dpo(
-        model, pairs, beta=0.5, lr=5e-3, epochs=6, pairs_per_step=2, seed=0, pad_id=2
-    )
+    losses = train_dpo(model, pairs, beta=0.5, lr=5e-3, epochs=6, per_step=2, seed=0, pad_id=2)
     assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA starts as the identity
     assert sum(losses[-2:]) / 2 < 0.5 * math.log(2)
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.checkpoint.manifest import Templates
 from service.contract.formatting import PromptFormatter
 from service.engines.base import Critique, EngineStats, SamplingSpec
 from trainer.utility import (
@@ -75,12 +73,8 @@ class Scripted:
 
 
 @pytest.fixture(scope="module")
-def fmt(tiny_llama: Path) -> PromptFormatter:
-    from transformers import AutoTokenizer
-
-    return PromptFormatter(
-        AutoTokenizer.from_pretrained(tiny_llama), Templates(), "<|endoftext|>", 1024
-    )
+def fmt(tiny_formatter: PromptFormatter) -> PromptFormatter:
+    return tiny_formatter
 
 
 def test_utility_refinement_ranks_critiques_by_what_their_revisions_achieve(
