@@ -25,6 +25,8 @@ def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
         "lambda": f"constant {lam}" if lam is not None else f"paper (beta {t.get('beta')})",
         "epochs": t["epochs"],
         "reward_inputs": t.get("reward_inputs"),
+        "reward_anchor": t.get("reward_anchor") or 0.0,
+        "rotate_sampled": bool(t.get("rotate_sampled")),
         "teacher": s.get("teacher", False),
         "lr": t.get("lr"),
         "head_lr": t.get("head_lr"),
@@ -72,6 +74,10 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         )
         cells = [_acc(r["validation"][m]) if m in r["validation"] else "-" for m in ms]
         inputs = ", ".join(rc["reward_inputs"] or [])
+        if rc.get("reward_anchor"):
+            inputs += f"; anchored ({rc['reward_anchor']})"
+        if rc.get("rotate_sampled"):
+            inputs += "; one critique per epoch"
         lines.append(
             f"| {r['run']} | {rc['lambda']} | {inputs} | {t['steps']} | {loss} | "
             + " | ".join(cells)
