@@ -26,6 +26,7 @@ def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
         "epochs": t["epochs"],
         "reward_inputs": t.get("reward_inputs"),
         "reward_anchor": t.get("reward_anchor") or 0.0,
+        "anchor_on": t.get("anchor_on", "rewards"),
         "rotate_sampled": bool(t.get("rotate_sampled")),
         "teacher": s.get("teacher", False),
         "lr": t.get("lr"),
@@ -75,7 +76,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells = [_acc(r["validation"][m]) if m in r["validation"] else "-" for m in ms]
         inputs = ", ".join(rc["reward_inputs"] or [])
         if rc.get("reward_anchor"):
-            inputs += f"; anchored ({rc['reward_anchor']})"
+            inputs += f"; {rc.get('anchor_on', 'rewards')} anchored ({rc['reward_anchor']})"
         if rc.get("rotate_sampled"):
             inputs += "; one critique per epoch"
         lines.append(

@@ -147,6 +147,12 @@ class TrainConfig(_Section):
         "moves a reward only as far as it helps rank, so noisy critiques average out to the "
         "plain reward instead of memorised offsets; 0: off.",
     )
+    anchor_on: Literal["rewards", "margins"] = Field(
+        "rewards",
+        description="What train.reward_anchor holds to the plain one: each response's reward, "
+        "or each pair's margin r(chosen) - r(rejected), the only thing a pairwise ranking "
+        "reads (a critique may then shift a reward's level freely).",
+    )
     rotate_sampled: bool = Field(
         False,
         description="One of a response pair's sampled critiques per epoch (epoch e reads the "

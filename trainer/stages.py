@@ -47,6 +47,7 @@ def trainer_info(run: Run) -> dict[str, Any]:
         "reward_inputs": t.reward_inputs if t.mode == "critic" else ["plain"],
         "syncpl": run.cfg.syncpl.model_dump() if t.mode == "syncpl" else None,
         "reward_anchor": t.reward_anchor if t.mode == "critic" else None,
+        "anchor_on": t.anchor_on if t.mode == "critic" and t.reward_anchor else None,
         "rotate_sampled": t.rotate_sampled if t.mode == "critic" else None,
         "grounded": run.cfg.sampling.grounded if t.mode == "critic" else None,
         "num_critiques_sampled": run.cfg.sampling.num_critiques if t.mode == "critic" else 0,

@@ -145,10 +145,16 @@ def _lm_ids(ex: PairExample) -> list[list[int] | None]:
 
 
 def micro_losses(
-    module: Any, mb: MicroBatch, lam: float, device: torch.device, anchor: float = 0.0
+    module: Any,
+    mb: MicroBatch,
+    lam: float,
+    device: torch.device,
+    anchor: float = 0.0,
+    anchor_on: str = "rewards",
 ) -> tuple[torch.Tensor, float | None, float | None, float | None]:
     """L = λ·ℓ_c + (1 − λ)·(ℓ_r + anchor·ℓ_a) of one micro-batch (the parts absent in it count
-    0); also returns ℓ_c, ℓ_r and ℓ_a."""
+    0); also returns ℓ_c, ℓ_r and ℓ_a. ℓ_a holds each critique-conditioned reward (or each
+    pair's margin, `anchor_on`) to the plain one."""
     logits, reward = module(mb.ids.to(device), mb.mask.to(device), mb.predict.to(device))
     zero = reward.sum() * 0.0 + logits.sum() * 0.0  # keeps every output in the graph
     loss_c = selected_nll(logits, mb.targets.to(device)) if mb.targets.numel() else None
@@ -157,10 +163,15 @@ def micro_losses(
     if mb.anchors and anchor > 0:
         crit = torch.tensor([c for c, _ in mb.anchors], device=reward.device)
         plain = torch.tensor([p for _, p in mb.anchors], device=reward.device)
-        loss_a = anchor_loss(
-            torch.cat([reward[crit], reward[mb.pairs + crit]]),
-            torch.cat([reward[plain], reward[mb.pairs + plain]]),
-        )
+        if anchor_on == "margins":
+            loss_a = anchor_loss(
+                reward[crit] - reward[mb.pairs + crit], reward[plain] - reward[mb.pairs + plain]
+            )
+        else:
+            loss_a = anchor_loss(
+                torch.cat([reward[crit], reward[mb.pairs + crit]]),
+                torch.cat([reward[plain], reward[mb.pairs + plain]]),
+            )
     reward_part = loss_r if loss_r is not None else zero
     total = joint(
         lam,
@@ -342,7 +353,9 @@ def _step(
         # accumulation count, which the weights already account for.
         weight = len(chunk) * acc.num_processes / len(batch) * count
         with acc.accumulate(module):  # no gradient sync until the step's last micro-batch
-            loss, lc, lr_, la = micro_losses(module, mb, lam, acc.device, cfg.reward_anchor)
+            loss, lc, lr_, la = micro_losses(
+                module, mb, lam, acc.device, cfg.reward_anchor, cfg.anchor_on
+            )
             acc.backward(loss * weight)
         if chunk:
             sums[4] += float(mb.mask.sum())

@@ -16,7 +16,15 @@ from trainer.config import LoraConfig, TrainConfig
 from trainer.examples import build_examples
 from trainer.losses import anchor_loss, critique_nll
 from trainer.model import apply_delta, build_policy, save_delta
-from trainer.train import micro_batch, rewards, selected_nll, set_seed, train
+from trainer.train import (
+    MicroBatch,
+    micro_batch,
+    micro_losses,
+    rewards,
+    selected_nll,
+    set_seed,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +363,28 @@ def test_anchored_rotating_training_reads_one_sampled_critique_per_epoch(
     assert len(examples) == 12 and result.steps == 4 * 3  # 6 pairs a epoch, 2 a step
     assert all(r["loss_a"] is not None and r["loss_r"] is not None for r in result.log)
     assert result.mean("loss_r", first=False, n=3) < result.mean("loss_r", first=True, n=3)
+
+
+def test_the_margin_anchor_holds_a_pairs_margin_and_lets_its_level_move() -> None:
+    class Rewards(torch.nn.Module):
+        """Stands in for the model: returns fixed rewards, so the loss is checked by hand."""
+
+        def __init__(self, values: list[float]) -> None:
+            super().__init__()
+            self.values = torch.nn.Parameter(torch.tensor(values))
+
+        def forward(self, *_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.zeros(0, 4), self.values
+
+    ids = torch.zeros((4, 3), dtype=torch.long)
+    mb = MicroBatch(ids, torch.ones_like(ids), torch.zeros((0, 2), dtype=torch.bool),
+                    torch.zeros(0, dtype=torch.long), 2, [(0, 1)])  # fmt: skip
+    # Rewards: chosen (critique, plain) = (3, 1); rejected (critique, plain) = (2, 0).
+    # Both critique rewards are 2 above the plain ones: the margin (1) is unchanged.
+    values = [3.0, 1.0, 2.0, 0.0]
+    _, _, _, by_margin = micro_losses(Rewards(values), mb, 0.0, torch.device("cpu"), 1.0, "margins")
+    _, _, _, by_reward = micro_losses(Rewards(values), mb, 0.0, torch.device("cpu"), 1.0)
+    assert by_margin == pytest.approx(0.0) and by_reward == pytest.approx(4.0)
 
 
 def test_an_anchor_without_plain_or_sampled_inputs_is_refused() -> None:
