@@ -17,7 +17,8 @@ def eval_scalars(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
         name = label.replace(" ", "_").replace("/", "_")
         for split, by_m in result.get("splits", {}).items():
             for m, acc in by_m.items():
-                out[f"eval/{name}/{split}/m{m}"] = float(acc["overall"])
+                if acc["overall"] is not None:  # an empty split has no accuracy
+                    out[f"eval/{name}/{split}/m{m}"] = float(acc["overall"])
     return out
 
 

@@ -272,7 +272,7 @@ def test_a_syncpl_judge_trains_on_its_trajectories_and_serves_compare(
         [
             f"out_dir={run_dir}",
             f"base_model={tiny_llama}",
-            "data.per_category=3",
+            "data.per_category=5",  # 12 train, 4 validation, 4 test pairs
             "train.mode=syncpl",
             "syncpl.criteria=1",
             "syncpl.samples=2",
@@ -306,8 +306,9 @@ def test_a_syncpl_judge_trains_on_its_trajectories_and_serves_compare(
         assert all(1 <= s <= 5 for t in rec["trajectories"] for pair in t["scores"] for s in pair)
     compare = markers["eval"]["compare"]
     tested = sum(markers["data"]["test"].values())
+    assert tested > 0
     for label in ("trained", "base"):
-        assert compare[label]["test"]["pairs"] <= tested
+        assert 0 < compare[label]["test"]["pairs"] <= tested
         assert 0.0 <= compare[label]["test"]["overall"] <= 1.0
     assert (run_dir / "eval" / "compare.md").read_text().count("| trained | test |") == 1
     manifest = CheckpointRoot(root).resolve(verify_hashes=False).manifest

@@ -481,8 +481,8 @@ def test_eval_accuracies_go_to_tensorboard(tmp_path: Path) -> None:
 
     results = [
         {"splits": {"test": {"0": {"overall": 0.5}, "4": {"overall": 0.75}}}},
-        {"splits": {"test": {"0": {"overall": 0.625}}}},
-    ]
+        {"splits": {"test": {"0": {"overall": 0.625}}, "empty": {"0": {"overall": None}}}},
+    ]  # an empty split has no accuracy, and no scalar
     labels = ["critic-rm (critic)", "standard RM (bt)"]
     scalars = eval_scalars(results, labels)
     assert scalars == {
