@@ -197,3 +197,20 @@ def write_critic_report(results: Mapping[str, Mapping[str, dict[str, Any]]], fol
             cu = f"{num(m.get('mean_cu'))} ({num(m.get('mean_cu_wrong'))} / {num(m.get('mean_cu_right'))})"
             rows.append(f"| {label} | {name} | {m['pairs']} | {cu} | {rates[0]} | {rates[1]} |")
     (folder / "critic.md").write_text("\n".join(rows) + "\n")
+
+
+async def critic_report(
+    run: Any, trained: Path, splits: Mapping[str, Sequence[PreferencePair]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The eval stage's eval.critic: critic_metrics of the trained version and of the base on
+    the first eval.critic_pairs of each split, written as eval/critic.{json,md}."""
+    from trainer.run import base_version, engine_config
+
+    few = {name: part[: run.cfg.eval.critic_pairs] for name, part in splits.items()}
+    versions = {"trained": trained, "base": base_version(run).path}
+    out = {
+        label: await critic_eval(path, few, engine_config(run), CriticEvalSettings())
+        for label, path in versions.items()
+    }
+    write_critic_report(out, run.path("eval"))
+    return out

@@ -55,6 +55,10 @@ class Run:
             raise StageError(f"stage {stage} has not run in {self.dir}")
         return data
 
+    def result(self, stage: str) -> dict[str, Any]:
+        """A stage's summary without the marker's own keys (its name and digest)."""
+        return {k: v for k, v in self.summary(stage).items() if k not in ("stage", "digest")}
+
 
 def engine_config(run: Run) -> EngineConfig:
     e = run.cfg.engine

@@ -116,20 +116,9 @@ def stage_base(run: Run) -> dict[str, Any]:
 
 async def stage_judge(run: Run) -> dict[str, Any]:
     """SyncPL: /compare's judgment trajectories for every training pair, the label rules."""
-    from trainer.evaluate import open_generator
-    from trainer.syncpl import JudgeSettings, filter_records, judge_pairs
+    from trainer.syncpl import judge_stage
 
-    s, c = run.cfg.sampling, run.cfg.syncpl
-    settings = JudgeSettings(
-        c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens, c.score_temperature
-    )
-    pairs = read_jsonl(run.path("train.jsonl"))
-    async with open_generator(base_version(run), engine_config(run)) as (generator, fmt):
-        records = await judge_pairs(generator, fmt, pairs, settings)
-    write_json_lines([r for r in records if r is not None], run.path("trajectories.jsonl"))
-    kept, report = filter_records(records)
-    write_json_lines(kept, run.path("judged.jsonl"))
-    return report
+    return await judge_stage(run)
 
 
 async def stage_sample(run: Run) -> dict[str, Any]:
@@ -203,6 +192,7 @@ def stage_train(run: Run) -> dict[str, Any]:
     from trainer.examples import build_examples
     from trainer.model import build_policy, resolve_device, save_delta
     from trainer.preference import after_joint_training
+    from trainer.syncpl import rsft_examples
     from trainer.tracking import flat_hparams, train_trackers
     from trainer.train import Checkpointing, micro_steps, set_seed, train
     from trainer.train_state import clear as clear_state
@@ -226,8 +216,6 @@ def stage_train(run: Run) -> dict[str, Any]:
         rotate_sampled=t.rotate_sampled,
     )
     if t.mode == "syncpl":  # the reward head on every pair, the judge on the kept trajectories
-        from trainer.syncpl import rsft_examples
-
         records = read_json_lines(run.path("judged.jsonl"))
         examples += rsft_examples(fmt, records, t.max_len)
     set_seed(cfg.seed)
@@ -335,6 +323,7 @@ def stage_export(run: Run) -> dict[str, Any]:
 
 async def stage_eval(run: Run) -> dict[str, Any]:
     from service.checkpoint.store import CheckpointError
+    from trainer import critic_eval, syncpl
     from trainer.evaluate import evaluate, resolve_checkpoint, write_report
     from trainer.tracking import log_eval
 
@@ -364,27 +353,15 @@ async def stage_eval(run: Run) -> dict[str, Any]:
         labels.append(label)
     write_report(results, labels, run.path("eval"))
     log_eval(run, results, labels)
-    critic = {}
-    if e.critic:  # what the critic is for: mean CU and the fix rate, before and after
-        from trainer.critic_eval import CriticEvalSettings, critic_eval, write_critic_report
-
-        versions = {"trained": own, "base": base_version(run).path}
-        few = {name: part[: e.critic_pairs] for name, part in splits.items()}
-        for label, version_dir in versions.items():
-            critic[label] = await critic_eval(version_dir, few, engine_cfg, CriticEvalSettings())
-        write_critic_report(critic, run.path("eval"))
-    compare = {}
-    if run.cfg.train.mode == "syncpl":  # what the judge is for: /compare, before and after
-        from trainer.syncpl import compare_report
-
-        compare = await compare_report(
-            run, {"trained": own, "base": base_version(run).path}, splits
-        )
+    beside: dict[str, Any] = {}  # what a critic and a judge are for, before and after
+    if e.critic:
+        beside["critic"] = await critic_eval.critic_report(run, own, splits)
+    if run.cfg.train.mode == "syncpl":
+        beside["compare"] = await syncpl.compare_report(run, own, splits)
     return {
         "results": [{"label": lbl, **r} for lbl, r in zip(labels, results, strict=True)],
         "not_compared": skipped,
-        **({"compare": compare} if compare else {}),
-        **({"critic": critic} if critic else {}),
+        **beside,
     }
 
 
@@ -397,7 +374,6 @@ def stage_publish(run: Run) -> dict[str, Any]:
         log.warning("publish: skipped, this run was evaluated on validation (eval.on)")
         return {"skipped": "eval.on=validation: a run for choosing a recipe is not published"}
     own = run.summary("eval")["results"][0]
-    train = run.summary("train")
     metrics: dict[str, Any] = {
         "trainer": trainer_info(run),
         "eval": {
@@ -408,14 +384,12 @@ def stage_publish(run: Run) -> dict[str, Any]:
                 for name, by in own.get("splits", {}).items()
             },
         },
-        "train": {k: v for k, v in train.items() if k not in ("stage", "digest")},
+        "train": run.result("train"),
     }
     if run.cfg.train.mode == "critic":
         metrics["filter"] = run.summary("filter")["report"]
     if run.cfg.train.mode == "syncpl":
-        judged = run.summary("judge")
-        metrics["judge"] = {k: v for k, v in judged.items() if k not in ("stage", "digest")}
-        metrics["compare"] = run.summary("eval").get("compare")
+        metrics["judge"], metrics["compare"] = run.result("judge"), run.summary("eval")["compare"]
     stats = own.get("reward_stats")
     root = Path(run.cfg.export.checkpoint_root)
     version = assemble(

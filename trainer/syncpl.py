@@ -31,7 +31,7 @@ from service.engines.config import EngineConfig
 from service.engines.judgment import sample_criteria, sample_rubrics, sample_scores, score_chats
 from trainer.data.pairs import PreferencePair
 from trainer.examples import LmSequence, PairExample, lm_sequence
-from trainer.run import Run, engine_config
+from trainer.run import Run, base_version, engine_config
 
 PAIR = (0, 1)  # the chosen response is A, the rejected one B
 LABEL = "A"
@@ -291,11 +291,12 @@ async def compare_accuracy_of(
 
 
 async def compare_report(
-    run: Run, versions: Mapping[str, Path], splits: Mapping[str, Sequence[PreferencePair]]
+    run: Run, trained: Path, splits: Mapping[str, Sequence[PreferencePair]]
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """/compare accuracy of each labelled version on each split, judged as a default /compare
-    request is (one trajectory per order), written to eval/compare.json and a markdown table
-    beside the reward report."""
+    """/compare accuracy of the trained version and of the base on each split, judged as a
+    default /compare request is (one trajectory per order), written to eval/compare.json and a
+    markdown table beside the reward report."""
+    versions = {"trained": trained, "base": base_version(run).path}
     s, c = run.cfg.sampling, run.cfg.syncpl
     settings = JudgeSettings(c.criteria, 1, s.temperature, s.top_p, c.rubric_tokens)
     out = {
@@ -323,3 +324,22 @@ async def compare_report(
             )
     (folder / "compare.md").write_text("\n".join(rows) + "\n")
     return out
+
+
+async def judge_stage(run: Run) -> dict[str, Any]:
+    """The judge stage (trainer.stages): trajectories of every training pair from the base
+    model, written with the kept ones and the label rules' report."""
+    from trainer.data.load import read_jsonl, write_json_lines
+    from trainer.evaluate import open_generator
+
+    s, c = run.cfg.sampling, run.cfg.syncpl
+    settings = JudgeSettings(
+        c.criteria, c.samples, s.temperature, s.top_p, c.rubric_tokens, c.score_temperature
+    )
+    pairs = read_jsonl(run.path("train.jsonl"))
+    async with open_generator(base_version(run), engine_config(run)) as (generator, fmt):
+        records = await judge_pairs(generator, fmt, pairs, settings)
+    write_json_lines([r for r in records if r is not None], run.path("trajectories.jsonl"))
+    kept, report = filter_records(records)
+    write_json_lines(kept, run.path("judged.jsonl"))
+    return report
