@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.contract.options import OptionLimits, PolicyLimits
 from service.engines.config import EngineConfig, all_cpus
+from service.engines.dtype import cpu_flags, cuda_available, resolve_layout
 
 # The engines' own defaults are the settings' defaults.
 _E = EngineConfig
@@ -37,11 +38,12 @@ class Settings(BaseSettings):
     verify_hashes: bool = Field(True, description="Check sha256 of every weight file on load.")
 
     # --- engines
-    engine_layout: Literal["two", "one"] = Field(
-        _E.engine_layout,
+    engine_layout: Literal["auto", "two", "one"] = Field(
+        "auto",
         description="two: a generator engine and a pooling scorer engine (two copies of the "
         "weights); one: one generate engine whose reserved token's logit is the reward (one "
-        "copy, the scorer's dtype).",
+        "copy, the scorer's dtype); auto: one where the generator would run in the scorer's "
+        "dtype anyway (CPUs without native bf16), else two (/info says which).",
     )
     generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
     scorer_backend: Literal["vllm", "torch"] = Field(
@@ -198,9 +200,23 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    def layout(self) -> Literal["two", "one"]:
+        """The engine layout served, with `auto` resolved for this machine."""
+        if self.engine_layout != "auto":
+            return self.engine_layout
+        return resolve_layout(
+            self.engine_layout,
+            self.generator_dtype,
+            self.scorer_dtype,
+            self.scorer_backend,
+            not cuda_available(),
+            cpu_flags(),
+        )
+
     def engine_config(self) -> EngineConfig:
         """What the engines are started with (the engine fields of these settings)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
+        fields["engine_layout"] = self.layout()
         return EngineConfig(**fields)
 
     def option_limits(self) -> OptionLimits:

@@ -76,7 +76,8 @@ async def info(service: Service, model: Model) -> dict[str, Any]:
             "max_model_len": s.max_model_len,
         },
         "engines": {
-            "layout": s.engine_layout,
+            "layout": s.layout(),
+            "layout_setting": s.engine_layout,
             "generator": {"backend": s.generator_backend, "dtype": model.generator_dtype},
             "scorer": {"backend": s.scorer_backend, "dtype": s.scorer_dtype},
         },

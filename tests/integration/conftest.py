@@ -83,6 +83,9 @@ def server_env(checkpoint_root: Path, port: int, **env_extra: str) -> dict[str, 
         "CRM_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
         "CRM_KV_CACHE_GIB": "1",
         "CRM_SCORER_DTYPE": "float32",
+        # The default, auto, picks the layout by the CPU's bf16; tests of the one-engine
+        # layout ask for it, so these run the same layout on every machine.
+        "CRM_ENGINE_LAYOUT": "two",
         "CRM_MAX_ITEMS_PER_REQUEST": "512",
         "CRM_RELOAD_POLL_S": "0.5",
         "CRM_DRAIN_TIMEOUT_S": "60",

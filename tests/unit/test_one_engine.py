@@ -20,6 +20,7 @@ from service.engines.dtype import generator_dtype
 from service.engines.factory import load_formatter
 from service.engines.vllm_engines import VllmCritiqueGenerator, engine_args
 from service.engines.vllm_plugin import ARCHITECTURE, TOKEN_KEY
+from service.settings import Settings
 from tests.fakes import loader_for, wait_ready
 from tests.unit.test_gateway import make_settings
 
@@ -65,6 +66,33 @@ def test_one_engine_one_dtype() -> None:
     one = EngineConfig(engine_layout="one", generator_dtype="bfloat16", scorer_dtype="float32")
     assert generator_dtype(one) == "float32"
     assert generator_dtype(EngineConfig(generator_dtype="bfloat16")) == "bfloat16"
+
+
+def test_the_auto_layout_is_one_only_where_the_generator_would_run_in_the_scorer_dtype(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.engines.dtype import resolve_layout
+
+    avx2, bf16 = frozenset({"avx2"}), frozenset({"avx2", "avx512_bf16"})
+    # CPU without native bf16: both engines would run float32, so one engine.
+    assert resolve_layout("auto", "auto", "float32", "vllm", True, avx2) == "one"
+    # Native bf16 (CPU or GPU): bf16 critiques beside float32 rewards, two engines.
+    assert resolve_layout("auto", "auto", "float32", "vllm", True, bf16) == "two"
+    assert resolve_layout("auto", "auto", "float32", "vllm", False, avx2) == "two"
+    # Both dtypes set alike (the 70B example's bfloat16): one.
+    assert resolve_layout("auto", "bfloat16", "bfloat16", "vllm", False, avx2) == "one"
+    # The torch reference scorer has no one-engine form; an explicit layout is kept.
+    assert resolve_layout("auto", "auto", "float32", "torch", True, avx2) == "two"
+    assert resolve_layout("two", "auto", "float32", "vllm", True, avx2) == "two"
+    assert resolve_layout("one", "auto", "float32", "vllm", True, bf16) == "one"
+
+    monkeypatch.setattr("service.settings.cpu_flags", lambda: avx2)
+    monkeypatch.setattr("service.settings.cuda_available", lambda: False)
+    settings = Settings(checkpoint_root=tmp_path)
+    assert settings.engine_layout == "auto"
+    assert settings.layout() == "one" and settings.engine_config().engine_layout == "one"
+    monkeypatch.setattr("service.settings.cpu_flags", lambda: bf16)
+    assert Settings(checkpoint_root=tmp_path).engine_config().engine_layout == "two"
 
 
 def test_critique_requests_never_sample_the_reserved_token() -> None:
