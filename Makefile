@@ -105,5 +105,25 @@ unit: setup
 bench: checkpoint
 	$(VENV)/bin/python -m loadtests.bench_paths --checkpoint-root $(CHECKPOINT_ROOT) $(BENCH_ARGS)
 
+# The CPU image, built with podman on a Debian base made by debootstrap (docker/podman-build.sh),
+# and its check: the image's own entrypoint started from its root filesystem as its user
+# (loadtests/image_check.py; root, no container runtime needed). Docker users: see docker/.
+IMAGE ?= localhost/critic-rm:cpu
+.PHONY: image image-check
+image:
+	IMAGE=$(IMAGE) sh docker/podman-build.sh
+
+image-check:
+	$(PYTHON) -m loadtests.image_check --image $(IMAGE) $(IMAGE_CHECK_ARGS)
+
+# Soak (loadtests/soak.py): the locust mix at m = 4 on the real engines for SOAK_MINUTES with hot
+# reloads, a Redis kill, client hang-ups and an over-limit burst; JSON and markdown under
+# loadtests/results/. Run it with nothing else busy on the machine.
+SOAK_MINUTES ?= 22
+.PHONY: soak
+soak: checkpoint
+	$(VENV)/bin/python -m loadtests.soak --checkpoint-root $(CHECKPOINT_ROOT) \
+	  --minutes $(SOAK_MINUTES) --out loadtests/results/soak-$$(date -u +%Y-%m-%d).json $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

