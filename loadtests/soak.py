@@ -1,0 +1,577 @@
+"""Soak: RLHF-shaped load on the real engines for a long while, with faults injected on a schedule.
+
+    .venv/bin/python -m loadtests.soak --minutes 22 --out loadtests/results/soak.json   # make soak
+
+Set-up as loadtests/attack.py does it: a private checkpoint root (hard links to the current
+version, plus a second version with another reward head for the reloads), a private
+redis-server (so killing it touches nothing else), API keys, and `python -m service.cli serve`
+on loopback, all undone at the end.
+
+Traffic, all the run: the locustfile's mix (loadtests/locustfile.py's prompts and responses) of
+--single-users OpenRLHF-style clients sending one item per request back to back and
+--batch-users GRPO-style clients sending --batch-items items in groups of 8 per prompt, every
+request at m = --m critiques of at most --critique-tokens tokens.
+
+Faults, on a schedule relative to the start of traffic (each a phase of its own):
+  reload        every --reload-every-s: /admin/reload to the other version, alternately
+  redis_down    redis-server SIGKILLed, restarted --redis-down-s later on the same port
+  disconnect    --disconnects clients send a batch and hang up after 1 s
+  overload      --overload-requests concurrent m = 0 requests of 64 items, more than the
+                queue admits (--max-queue-items): 429 expected for most of them
+
+Reported (JSON to --out, markdown beside it, a table printed): requests sent, answered by status,
+lost (sent by the steady clients and never answered), results whose model version was not
+current when the request started (during a reload call either version is current), p50/p99
+latency per phase, and the queue depth and RSS of the gateway and its engines every
+--sample-s, with the slope of each (MiB per hour, least squares over the second half). The
+run passes with zero 5xx outside the injected faults' own requests, zero lost, zero stale
+versions, the queue back at 0 at the end and a gateway RSS slope under --max-leak-mib-h.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.attack import (
+    Gateway,
+    RedisServer,
+    SetupError,
+    _remove_root,
+    free_port,
+    gateway_env,
+    make_private_root,
+    metric_sum,
+    percentile,
+    write_keys_file,
+)
+from service.checkpoint.variant import publish_head_variant
+
+# The locustfile's generators without importing locust (it lives in the tools virtualenv).
+TOPICS = (
+    "the boiling point of water at altitude",
+    "why the sky is blue",
+    "how a hash map resolves collisions",
+    "the causes of the French Revolution",
+    "photosynthesis in C4 plants",
+    "the difference between TCP and UDP",
+    "how vaccines train the immune system",
+    "the Pythagorean theorem",
+    "what a Fourier transform does",
+    "how interest compounds",
+    "the life cycle of a star",
+    "why recursion needs a base case",
+)
+TEMPLATES = (
+    "Explain {t} to a high-school student.",
+    "Give a short, accurate summary of {t}.",
+    "What is a common misconception about {t}?",
+    "Write two sentences about {t} for a textbook.",
+)
+WORDS = [
+    "because",
+    "therefore",
+    "energy",
+    "pressure",
+    "light",
+    "wavelength",
+    "scatter",
+    "molecule",
+    "bucket",
+    "chain",
+    "probe",
+    "packet",
+    "handshake",
+    "antigen",
+    "memory",
+    "cell",
+    "triangle",
+    "hypotenuse",
+    "frequency",
+    "signal",
+    "principal",
+    "rate",
+    "fusion",
+    "hydrogen",
+    "helium",
+    "function",
+    "stack",
+    "result",
+    "simply",
+    "note",
+    "first",
+    "second",
+    "finally",
+]
+GROUP_SIZE = 8
+
+
+def make_items(rng: random.Random, n: int) -> list[dict[str, str]]:
+    items: list[dict[str, str]] = []
+    while len(items) < n:
+        prompt = rng.choice(TEMPLATES).format(t=rng.choice(TOPICS))
+        for _ in range(min(GROUP_SIZE, n - len(items))):
+            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 40)))
+            items.append({"prompt": prompt, "response": f"{words} ({rng.getrandbits(32):08x})."})
+    return items
+
+
+@dataclass
+class Req:
+    """One request and what came back."""
+
+    kind: str  # single, batch, disconnect, overload
+    phase: str  # the phase at its start
+    start: float  # seconds since traffic began
+    seconds: float = 0.0
+    status: int | None = None
+    error: str | None = None
+    version: str | None = None
+    fault: bool = False  # an injected fault's own request
+
+    @property
+    def lost(self) -> bool:
+        return not self.fault and self.status is None
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    gateway: Gateway
+    redis: RedisServer
+    key: str
+    admin_key: str
+    versions: tuple[str, str]
+    t0: float = field(default_factory=time.monotonic)
+    reqs: list[Req] = field(default_factory=list)
+    # (start, end, old, new) of every reload call; `current` outside them.
+    reloads: list[tuple[float, float, str, str]] = field(default_factory=list)
+    phases: list[tuple[float, float, str]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    current: str = ""
+    initial: str = ""
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def phase_at(self, t: float) -> str:
+        for start, end, name in reversed(self.phases):
+            if start <= t <= end:
+                return name
+        return "warmup" if t < self.args.warmup_s else "steady"
+
+    def client(self, n: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.gateway.url,
+            timeout=httpx.Timeout(self.args.client_timeout_s),
+            limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4),
+            headers={"authorization": f"Bearer {self.key}"},
+            trust_env=False,
+        )
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        fault: bool = False,
+        timeout: float | None = None,
+    ) -> Req:
+        start = self.now()
+        req = Req(kind, self.phase_at(start), round(start, 3), fault=fault)
+        self.reqs.append(req)
+        t = time.monotonic()
+        try:
+            r = await client.post(
+                "/score", json=body, timeout=timeout if timeout else httpx.USE_CLIENT_DEFAULT
+            )
+            req.status = r.status_code
+            if r.status_code == 200:
+                req.version = r.json().get("model_version")
+        except httpx.HTTPError as exc:
+            req.error = f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            req.seconds = round(time.monotonic() - t, 3)
+        return req
+
+
+def body(items: list[dict[str, str]], m: int, tokens: int) -> dict[str, Any]:
+    return {"items": items, "num_critiques": m, "max_critique_tokens": tokens}
+
+
+async def steady_client(run: Run, kind: str, n_items: int, stop: asyncio.Event, seed: int) -> None:
+    rng = random.Random(seed)
+    a = run.args
+    async with run.client(1) as c:
+        while not stop.is_set():
+            await run.send(c, kind, body(make_items(rng, n_items), a.m, a.critique_tokens))
+
+
+async def reloader(run: Run, stop: asyncio.Event) -> None:
+    a = run.args
+    async with httpx.AsyncClient(
+        base_url=run.gateway.url,
+        timeout=600,
+        trust_env=False,
+        headers={"authorization": f"Bearer {run.admin_key}"},
+    ) as c:
+        k = 0
+        while True:
+            k += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), a.reload_every_s)
+            if stop.is_set():
+                return
+            old = run.current
+            new = run.versions[k % 2]
+            start = run.now()
+            r = await c.post("/admin/reload", json={"version": new})
+            end = run.now()
+            run.phases.append((start, end + 10.0, "reload"))
+            ok = r.status_code == 200 and r.json().get("model_version") == new
+            run.reloads.append((start, end, old, new if ok else old))
+            if ok:
+                run.current = new
+            print(
+                f"[{end:7.1f}s] reload {old[-12:]} -> {new[-12:]}: {r.status_code} "
+                f"in {end - start:.1f} s",
+                flush=True,
+            )
+
+
+async def redis_fault(run: Run) -> None:
+    start = run.now()
+    run.redis.kill()
+    print(f"[{start:7.1f}s] redis-server killed", flush=True)
+    await asyncio.sleep(run.args.redis_down_s)
+    await asyncio.to_thread(run.redis.start)
+    run.phases.append((start, run.now() + 10.0, "redis_down"))
+    print(f"[{run.now():7.1f}s] redis-server restarted", flush=True)
+
+
+async def disconnect_burst(run: Run) -> None:
+    a = run.args
+    start = run.now()
+    rng = random.Random(7)
+    async with run.client(a.disconnects) as c:
+        await asyncio.gather(
+            *(
+                run.send(
+                    c,
+                    "disconnect",
+                    body(make_items(rng, 16), a.m, a.critique_tokens),
+                    fault=True,
+                    timeout=1.0,
+                )
+                for _ in range(a.disconnects)
+            )
+        )
+    run.phases.append((start, run.now() + 20.0, "disconnect"))
+    print(f"[{run.now():7.1f}s] {a.disconnects} clients hung up", flush=True)
+
+
+async def overload_burst(run: Run) -> None:
+    a = run.args
+    start = run.now()
+    rng = random.Random(11)
+    async with run.client(a.overload_requests) as c:
+        got = await asyncio.gather(
+            *(
+                run.send(c, "overload", body(make_items(rng, 64), 0, 1), fault=True)
+                for _ in range(a.overload_requests)
+            )
+        )
+    run.phases.append((start, run.now() + 10.0, "overload"))
+    codes = Counter(r.status for r in got)
+    print(f"[{run.now():7.1f}s] overload burst answered {dict(codes)}", flush=True)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """RSS of the gateway alone and of the gateway with every descendant, MiB."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        own = p.memory_info().rss
+        total = own
+        for child in p.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+    except psutil.Error:
+        return 0.0, 0.0
+    return own / 2**20, total / 2**20
+
+
+async def sampler(run: Run, stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(base_url=run.gateway.url, timeout=10, trust_env=False) as c:
+        while not stop.is_set():
+            depth = None
+            with contextlib.suppress(httpx.HTTPError):
+                r = await c.get("/metrics")
+                if r.status_code == 200:
+                    depth = metric_sum(r.text, "critic_rm_queue_depth")
+            own, total = rss_mib(run.gateway.pid)
+            run.samples.append(
+                {
+                    "t": round(run.now(), 1),
+                    "phase": run.phase_at(run.now()),
+                    "queue_depth": depth,
+                    "gateway_rss_mib": round(own, 1),
+                    "total_rss_mib": round(total, 1),
+                }
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), run.args.sample_s)
+
+
+async def at(run: Run, t: float, job: Any) -> None:
+    await asyncio.sleep(max(0.0, t - run.now()))
+    await job(run)
+
+
+async def traffic(run: Run) -> dict[str, Any]:
+    a = run.args
+    total = a.minutes * 60.0
+    stop_load, stop_bg = asyncio.Event(), asyncio.Event()
+    bg = [asyncio.create_task(sampler(run, stop_bg)), asyncio.create_task(reloader(run, stop_load))]
+    clients = [
+        asyncio.create_task(steady_client(run, "single", 1, stop_load, seed=i))
+        for i in range(a.single_users)
+    ] + [
+        asyncio.create_task(steady_client(run, "batch", a.batch_items, stop_load, seed=1000 + i))
+        for i in range(a.batch_users)
+    ]
+    faults = [
+        asyncio.create_task(at(run, total * 0.25, redis_fault)),
+        asyncio.create_task(at(run, total * 0.45, disconnect_burst)),
+        asyncio.create_task(at(run, total * 0.65, overload_burst)),
+    ]
+    await asyncio.sleep(total)
+    stop_load.set()
+    # Clients finish the request in flight (bounded by the client timeout): nothing abandoned.
+    await asyncio.gather(*clients, *faults)
+    drained_at = run.now()
+    await asyncio.sleep(a.sample_s)
+    stop_bg.set()
+    await asyncio.gather(*bg)
+    return {"traffic_s": round(total, 1), "drained_after_s": round(drained_at - total, 1)}
+
+
+def slope_mib_per_h(samples: list[dict[str, Any]], key: str) -> float | None:
+    """Least-squares slope over the second half of the run (after start-up transients)."""
+    pts = [(s["t"], s[key]) for s in samples if s.get(key)]
+    pts = pts[len(pts) // 2 :]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mx = sum(t for t, _ in pts) / n
+    my = sum(v for _, v in pts) / n
+    var = sum((t - mx) ** 2 for t, _ in pts)
+    if var == 0:
+        return None
+    return round(sum((t - mx) * (v - my) for t, v in pts) / var * 3600.0, 1)
+
+
+def stale(run: Run, r: Req) -> bool:
+    """Its version was not current when it started (both count during a reload call)."""
+    if r.version is None:
+        return False
+    current = {run.initial}
+    for start, end, old, new in run.reloads:
+        if r.start >= end:
+            current = {new}
+        elif r.start >= start:
+            current = {old, new}
+    return r.version not in current
+
+
+def summarise(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
+    reqs = run.reqs
+    by_phase: dict[str, dict[str, Any]] = {}
+    for name in sorted({r.phase for r in reqs}):
+        rs = [r for r in reqs if r.phase == name and not r.fault]
+        ok = [r.seconds for r in rs if r.status == 200]
+        by_phase[name] = {
+            "requests": len(rs),
+            "status": dict(Counter(str(r.status) for r in rs)),
+            "p50_s": percentile(ok, 50),
+            "p99_s": percentile(ok, 99),
+        }
+    steady = [r for r in reqs if not r.fault]
+    faults = [r for r in reqs if r.fault]
+    errors_5xx = [r for r in steady if r.status is not None and r.status >= 500]
+    n_stale = sum(stale(run, r) for r in steady)
+    depth_end = next(
+        (s["queue_depth"] for s in reversed(run.samples) if s["queue_depth"] is not None), None
+    )
+    gw_slope = slope_mib_per_h(run.samples, "gateway_rss_mib")
+    out = {
+        "requests_sent": len(reqs),
+        "answered_by_status": dict(Counter(str(r.status) for r in reqs if r.status is not None)),
+        "steady_requests": len(steady),
+        "steady_by_kind": dict(Counter(r.kind for r in steady)),
+        "steady_items_scored": sum(
+            (1 if r.kind == "single" else run.args.batch_items) for r in steady if r.status == 200
+        ),
+        "fault_requests": dict(Counter(f"{r.kind}:{r.status}" for r in faults)),
+        "server_errors_5xx": len(errors_5xx),
+        "lost": sum(r.lost for r in steady),
+        "stale_version": n_stale,
+        "reloads": [
+            {"start_s": round(s, 1), "seconds": round(e - s, 1), "to": n[-12:]}
+            for s, e, _, n in run.reloads
+        ],
+        "queue_depth_end": depth_end,
+        "queue_depth_max": max((s["queue_depth"] or 0 for s in run.samples), default=None),
+        "gateway_rss_slope_mib_per_h": gw_slope,
+        "total_rss_slope_mib_per_h": slope_mib_per_h(run.samples, "total_rss_mib"),
+        "per_phase": by_phase,
+        **extra,
+    }
+    problems = []
+    if out["server_errors_5xx"]:
+        problems.append(f"{out['server_errors_5xx']} 5xx outside the faults' own requests")
+    if out["lost"]:
+        problems.append(f"{out['lost']} requests lost")
+    if n_stale:
+        problems.append(f"{n_stale} results of a version not current at their start")
+    if depth_end not in (0, 0.0):
+        problems.append(f"queue depth {depth_end} at the end")
+    if gw_slope is not None and gw_slope > run.args.max_leak_mib_h:
+        problems.append(f"gateway RSS grows {gw_slope} MiB/h")
+    if len(run.reloads) and any(old == new for _, _, old, new in run.reloads):
+        problems.append("a reload failed")
+    out["problems"] = problems
+    out["passed"] = not problems
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [
+        f"Soak, {report['args']['minutes']} min of traffic on {report['machine']}, "
+        f"{report['date']}: {s['requests_sent']} requests sent, answered by status "
+        f"{s['answered_by_status']}; 5xx outside the faults {s['server_errors_5xx']}, lost "
+        f"{s['lost']}, stale versions {s['stale_version']}; queue depth at the end "
+        f"{s['queue_depth_end']}; RSS slope over the second half: gateway "
+        f"{s['gateway_rss_slope_mib_per_h']} MiB/h, gateway with engines "
+        f"{s['total_rss_slope_mib_per_h']} MiB/h. Passed: {s['passed']}.",
+        "",
+        "| phase | requests | status | p50 s | p99 s |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, p in s["per_phase"].items():
+        lines.append(f"| {name} | {p['requests']} | {p['status']} | {p['p50_s']} | {p['p99_s']} |")
+    lines += ["", f"Fault requests by kind and status: {s['fault_requests']}."]
+    lines += [f"Reloads: {s['reloads']}."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--checkpoint-root", type=Path, default=Path("checkpoints"))
+    p.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
+    p.add_argument("--minutes", type=float, default=22.0)
+    p.add_argument("--warmup-s", type=float, default=120.0)
+    p.add_argument("--single-users", type=int, default=6)
+    p.add_argument("--batch-users", type=int, default=1)
+    p.add_argument("--batch-items", type=int, default=16)
+    p.add_argument("--m", type=int, default=4)
+    p.add_argument("--critique-tokens", type=int, default=32)
+    p.add_argument("--reload-every-s", type=float, default=240.0)
+    p.add_argument("--redis-down-s", type=float, default=60.0)
+    p.add_argument("--disconnects", type=int, default=16)
+    p.add_argument("--overload-requests", type=int, default=40)
+    p.add_argument("--max-queue-items", type=int, default=512)
+    p.add_argument("--sample-s", type=float, default=10.0)
+    p.add_argument("--client-timeout-s", type=float, default=600.0)
+    p.add_argument("--max-leak-mib-h", type=float, default=100.0)
+    p.add_argument("--start-timeout-s", type=float, default=900.0)
+    p.add_argument("--machine", default=_cpu_model())
+    return p.parse_args(argv)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report: dict[str, Any] = {
+        "tool": "loadtests.soak",
+        "machine": args.machine,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    with contextlib.ExitStack() as stack:
+        root, base = make_private_root(args.checkpoint_root.resolve())
+        stack.callback(_remove_root, root.root)
+        v1 = base.manifest.model_version
+        v2 = publish_head_variant(root, base, seed=3)
+        work = Path(tempfile.mkdtemp(prefix="crm-soak-"))
+        stack.callback(shutil.rmtree, work, True)
+        keys_file = work / "api-keys"
+        key, admin_key = ("crm-soak-" + secrets.token_hex(16) for _ in range(2))
+        write_keys_file(keys_file, key + "\n")
+        logs = args.out.parent / f"{args.out.stem}-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        redis = RedisServer(free_port(), logs / "redis.log")
+        stack.callback(redis.stop)
+        redis.start()
+        port = free_port()
+        env = gateway_env(root.root, redis.url, keys_file, admin_key, port)
+        env["CRM_MAX_QUEUE_ITEMS"] = str(args.max_queue_items)
+        gateway = Gateway(port, env, logs / "gateway.log")
+        stack.callback(gateway.stop)
+        t = time.monotonic()
+        gateway.start()
+        try:
+            served = gateway.wait_ready(args.start_timeout_s)
+        except SetupError as exc:
+            print(f"set-up failed: {exc}")
+            return 2
+        report["ready_after_s"] = round(time.monotonic() - t, 1)
+        run = Run(args, gateway, redis, key, admin_key, (v1, v2), current=served, initial=served)
+        print(
+            f"gateway ready in {report['ready_after_s']} s serving {served}; traffic starts",
+            flush=True,
+        )
+        extra = asyncio.run(traffic(run))
+        report["summary"] = summarise(run, extra)
+        report["samples"] = run.samples
+        report["requests"] = [vars(r) for r in run.reqs]
+        stop_t = time.monotonic()
+        gateway.stop()
+        report["summary"]["stopped_in_s"] = round(time.monotonic() - stop_t, 1)
+        report["summary"]["exit_code"] = gateway.proc.returncode if gateway.proc else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0 if report["summary"]["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

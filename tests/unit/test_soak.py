@@ -1,0 +1,126 @@
+"""The soak's and the image check's own bookkeeping: which answers are stale, lost or a leak."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from typing import Any
+
+from loadtests import image_check, soak
+
+
+def _run(**over: Any) -> soak.Run:
+    args = soak.parse_args([])
+    for k, v in over.items():
+        setattr(args, k, v)
+    return soak.Run(
+        args,
+        gateway=None,  # type: ignore[arg-type]
+        redis=None,  # type: ignore[arg-type]
+        key="k",
+        admin_key="a",
+        versions=("v1", "v2"),
+        current="v1",
+        initial="v1",
+    )
+
+
+def test_a_version_is_stale_only_outside_the_reload_call_that_changed_it() -> None:
+    run = _run()
+    run.reloads = [(100.0, 110.0, "v1", "v2"), (300.0, 305.0, "v2", "v1")]
+    cases = {
+        (50.0, "v1"): False,
+        (50.0, "v2"): True,  # v2 was not loaded yet
+        (105.0, "v1"): False,  # during the call either version is current
+        (105.0, "v2"): False,
+        (200.0, "v1"): True,  # after the swap: the old version is stale
+        (200.0, "v2"): False,
+        (400.0, "v1"): False,
+        (400.0, "v2"): True,
+    }
+    for (start, version), want in cases.items():
+        assert soak.stale(run, soak.Req("single", "steady", start, version=version)) is want
+
+
+def test_a_failed_reload_keeps_the_old_version_current() -> None:
+    run = _run()
+    run.reloads = [(100.0, 110.0, "v1", "v1")]
+    assert not soak.stale(run, soak.Req("single", "steady", 200.0, version="v1"))
+    assert soak.stale(run, soak.Req("single", "steady", 200.0, version="v2"))
+
+
+def test_the_leak_slope_reads_the_second_half_in_mib_per_hour() -> None:
+    flat_then_growing = [{"t": float(t), "rss": 1000.0} for t in range(0, 600, 10)] + [
+        {"t": float(t), "rss": 1000.0 + (t - 600) / 36.0} for t in range(600, 1800, 10)
+    ]
+    # 1 MiB per 36 s = 100 MiB/h over the second half.
+    assert soak.slope_mib_per_h(flat_then_growing, "rss") == 100.0
+    assert soak.slope_mib_per_h([{"t": 0.0, "rss": 5.0}], "rss") is None
+
+
+def test_the_summary_counts_5xx_lost_and_stale_only_outside_the_faults() -> None:
+    run = _run()
+    run.reloads = [(100.0, 110.0, "v1", "v2")]
+    run.samples = [{"t": 1.0, "queue_depth": 0.0, "gateway_rss_mib": 1.0, "total_rss_mib": 2.0}]
+    run.reqs = [
+        soak.Req("single", "steady", 10.0, 1.0, 200, version="v1"),
+        soak.Req("batch", "steady", 200.0, 9.0, 200, version="v1"),  # stale
+        soak.Req("single", "redis_down", 50.0, 1.0, 503),  # a 5xx outside a fault's requests
+        soak.Req("single", "steady", 60.0, 1.0, None, error="ReadError"),  # lost
+        soak.Req("overload", "overload", 70.0, 0.1, 429, fault=True),
+        soak.Req("disconnect", "disconnect", 80.0, 1.0, None, fault=True),  # hung up on purpose
+    ]
+    s = soak.summarise(run, {})
+    assert (s["server_errors_5xx"], s["lost"], s["stale_version"]) == (1, 1, 1)
+    assert s["fault_requests"] == {"overload:429": 1, "disconnect:None": 1}
+    assert not s["passed"] and len(s["problems"]) == 3
+    run.reqs = run.reqs[:1] + run.reqs[4:]
+    assert soak.summarise(run, {})["passed"]
+
+
+def test_the_items_follow_the_locustfile_groups_of_eight_per_prompt() -> None:
+    items = soak.make_items(random.Random(0), 20)
+    assert len(items) == 20
+    assert len({it["prompt"] for it in items[:8]}) == 1
+    assert len({it["response"] for it in items}) == 20
+
+
+def test_the_image_check_passes_only_a_start_that_served_and_refused_as_it_should() -> None:
+    good = {
+        "ready": True,
+        "healthcheck_exit": 0,
+        "score_status": 200,
+        "score_status_without_key": 401,
+        "score_status_wrong_key": 403,
+        "metrics_status": 200,
+        "metrics_missing": [],
+        "exit_code": 0,
+    }
+    assert image_check.passed(good)
+    for key, bad in [
+        ("ready", False),
+        ("score_status_without_key", 200),
+        ("metrics_missing", ["x"]),
+        ("exit_code", 143),
+        ("healthcheck_exit", 1),
+        ("healthcheck_exit", None),  # the image's HEALTHCHECK never ran
+    ]:
+        assert not image_check.passed({**good, key: bad}), key
+    text = image_check.markdown(
+        {
+            "image": "i",
+            "size_gib": 1.5,
+            "user": "10001:10001",
+            "entrypoint": ["tini"],
+            "cmd": ["serve"],
+            "machine": "cpu",
+            "date": "d",
+            "starts": [{**good, "passed": True}],
+        }
+    )
+    assert "| 1 |" in text and "True" in text
+
+
+def test_the_soak_defaults_exceed_twenty_minutes() -> None:
+    args: argparse.Namespace = soak.parse_args([])
+    assert args.minutes >= 20 and args.m == 4
