@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import socket
@@ -38,6 +37,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from loadtests.bench_train import _cpu_model as cpu_model
 
 SCORE_BODY = {
     "items": [
@@ -240,7 +241,7 @@ def main() -> int:
     ap.add_argument("--starts", type=int, default=2)
     ap.add_argument("--ready-timeout", type=float, default=1200.0)
     ap.add_argument("--out", type=Path, default=Path("loadtests/results"))
-    ap.add_argument("--machine", default=_cpu_model())
+    ap.add_argument("--machine", default=cpu_model())
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="crm-image-check-") as tmp:
@@ -317,15 +318,6 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {s.get('exit_code')} in {s.get('seconds_to_stop')} s | {s.get('passed')} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "")
-    return name or platform.machine()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from loadtests.attack import (
     percentile,
     write_keys_file,
 )
+from loadtests.bench_train import _cpu_model as cpu_model
 from service.checkpoint.variant import publish_head_variant
 
 # The locustfile's generators without importing locust (it lives in the tools virtualenv).
@@ -504,16 +505,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client-timeout-s", type=float, default=600.0)
     p.add_argument("--max-leak-mib-h", type=float, default=100.0)
     p.add_argument("--start-timeout-s", type=float, default=900.0)
-    p.add_argument("--machine", default=_cpu_model())
+    p.add_argument("--machine", default=cpu_model())
     return p.parse_args(argv)
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
