@@ -18,6 +18,7 @@ from service.app import create_app
 from service.engines.processes import reap_descendants
 from service.model.health import ModelState
 from service.model.manager import RuntimeLoader
+from service.model.memory import limit_arenas
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings, loader: RuntimeLoader | None = None) -> int:
     """Run the gateway until it is told to stop; the exit status for the orchestrator."""
+    limit_arenas(settings.malloc_arena_max)  # before any thread exists
     app = create_app(settings, loader)
     config = uvicorn.Config(
         app,

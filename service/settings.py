@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas in the gateway (0: glibc's default of 8 per core); "
+        "fewer keep RSS flat across reloads.",
+    )
 
     # --- cache
     redis_url: str | None = Field(None, description="Redis URL for the shared result cache.")

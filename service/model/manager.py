@@ -16,6 +16,7 @@ from service.engines.base import SamplingSpec
 from service.engines.dtype import generator_dtype
 from service.model.errors import NotReady, ShuttingDown
 from service.model.health import Health, RunBatch, forward
+from service.model.memory import release_free_heap
 from service.model.runtime import ModelRuntime
 from service.observability.metrics import Metrics
 from service.settings import Settings
@@ -223,4 +224,7 @@ class ModelManager:
         """Free a replaced version once every request and batch that started on it is done."""
         await old.wait_idle()
         await asyncio.to_thread(old.shutdown)
-        log.info("retired %s", old.model_version)
+        version = old.model_version
+        del old  # the last reference: its tokenizers and engine clients go before the trim
+        await asyncio.to_thread(release_free_heap)
+        log.info("retired %s", version)

@@ -5,7 +5,9 @@ converging through Redis."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,31 @@ async def test_the_service_follows_the_current_pointer(two_versions: tuple[Path,
         # A reload without a version goes back to following `current`.
         r = await c.post("/admin/reload", json={})
         assert r.json()["model_version"] == v2 and r.json()["follow_current"] is True
+
+
+async def test_a_retired_version_is_freed_before_the_heap_is_trimmed(
+    two_versions: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak's gateway grew ~125 MiB per reload until retired versions were trimmed: the trim
+    must come once nothing holds the old version, or its pages are still in use."""
+    root, v1, v2 = two_versions
+    trims: list[bool] = []
+    ref: weakref.ref[ModelRuntime] | None = None
+
+    def trim() -> bool:
+        gc.collect()
+        trims.append(ref is not None and ref() is None)
+        return True
+
+    monkeypatch.setattr("service.model.manager.release_free_heap", trim)
+    app = make_app(root, reload_poll_s=0)
+    async with running(app) as c:
+        ref = weakref.ref(app.state.service.runtime)
+        assert ref().model_version == v1  # type: ignore[union-attr]
+        assert (await c.post("/admin/reload", json={"version": v2})).status_code == 200
+        await until(lambda: bool(trims))
+        assert trims == [True]
+        assert app.state.service.runtime.model_version == v2
 
 
 async def test_admin_routes_need_the_admin_key(two_versions: tuple[Path, str, str]) -> None:
