@@ -2068,36 +2068,62 @@ def gateway_env(
     return env
 
 
-def setup(args: argparse.Namespace, stack: contextlib.ExitStack, report: dict[str, Any]) -> Attack:
-    """Private root, keys, redis-server and gateway; every piece is undone by `stack`."""
-    source = args.checkpoint_root.resolve()
+@dataclass
+class Deployment:
+    """A private checkpoint root, API keys, a redis-server (running) and a gateway (not yet
+    started): what the attack and the soak run against."""
+
+    root: CheckpointRoot
+    base: CheckpointVersion
+    keys_file: Path
+    key: str
+    admin_key: str
+    redis_server: RedisServer
+    gateway: Gateway
+
+
+def deploy(
+    source: Path,
+    stack: contextlib.ExitStack,
+    logs: Path,
+    prefix: str,
+    extra_env: dict[str, str] | None = None,
+) -> Deployment:
+    """Every piece is undone by `stack`; SetupError if the source root cannot be copied."""
     from service.checkpoint.store import CheckpointError
 
     try:
-        root, base = make_private_root(source)
+        root, base = make_private_root(source.resolve())
     except (CheckpointError, OSError) as exc:
         raise SetupError(f"{source}: {exc}") from exc
     stack.callback(_remove_root, root.root)
-    secrets_dir = Path(tempfile.mkdtemp(prefix="crm-attack-"))
+    secrets_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     stack.callback(shutil.rmtree, secrets_dir, True)
     keys_file = secrets_dir / "api-keys"
-    key, admin_key = ("crm-attack-" + secrets.token_hex(16) for _ in range(2))
+    key, admin_key = (f"{prefix}-" + secrets.token_hex(16) for _ in range(2))
     write_keys_file(keys_file, key + "\n")
-    logs = args.out.parent / f"{args.out.stem}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     redis_server = RedisServer(free_port(), logs / "redis.log")
     stack.callback(redis_server.stop)
     redis_server.start()
     port = free_port()
     env = gateway_env(root.root, redis_server.url, keys_file, admin_key, port)
+    env.update(extra_env or {})
     gateway = Gateway(port, env, logs / "gateway.log")
     stack.callback(gateway.stop)
+    return Deployment(root, base, keys_file, key, admin_key, redis_server, gateway)
+
+
+def setup(args: argparse.Namespace, stack: contextlib.ExitStack, report: dict[str, Any]) -> Attack:
+    """Private root, keys, redis-server and gateway; every piece is undone by `stack`."""
+    d = deploy(args.checkpoint_root, stack, args.out.parent / f"{args.out.stem}-logs", "crm-attack")
+    gateway = d.gateway
     report["setup"] = {
-        "private_root": str(root.root),
-        "base_version": base.manifest.model_version,
+        "private_root": str(d.root.root),
+        "base_version": d.base.manifest.model_version,
         "gateway": gateway.url,
         "gateway_log": str(gateway.log),
-        "redis": redis_server.url,
+        "redis": d.redis_server.url,
     }
     t0 = time.monotonic()
     gateway.start()
@@ -2108,11 +2134,11 @@ def setup(args: argparse.Namespace, stack: contextlib.ExitStack, report: dict[st
     return Attack(
         args,
         gateway=gateway,
-        redis_server=redis_server,
-        root=root,
-        keys_file=keys_file,
-        key=key,
-        admin_key=admin_key,
+        redis_server=d.redis_server,
+        root=d.root,
+        keys_file=d.keys_file,
+        key=d.key,
+        admin_key=d.admin_key,
     )
 
 

@@ -24,69 +24,19 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, constant, task
 
+# Plain `locust -f loadtests/locustfile.py` puts only this folder on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtests import rollouts
+
 SCORE_PATH = "/score"
 SINGLE_NAME = "/score [1 item]"
 BATCH_NAME = "/score [batch]"
-
-TOPICS = (
-    "the boiling point of water at altitude",
-    "why the sky is blue",
-    "how a hash map resolves collisions",
-    "the causes of the French Revolution",
-    "photosynthesis in C4 plants",
-    "the difference between TCP and UDP",
-    "how vaccines train the immune system",
-    "the Pythagorean theorem",
-    "what a Fourier transform does",
-    "how interest compounds",
-    "the life cycle of a star",
-    "why recursion needs a base case",
-)
-TEMPLATES = (
-    "Explain {t} to a high-school student.",
-    "Give a short, accurate summary of {t}.",
-    "What is a common misconception about {t}?",
-    "Write two sentences about {t} for a textbook.",
-)
-WORDS = [
-    "because",
-    "therefore",
-    "energy",
-    "pressure",
-    "light",
-    "wavelength",
-    "scatter",
-    "molecule",
-    "bucket",
-    "chain",
-    "probe",
-    "packet",
-    "handshake",
-    "antigen",
-    "memory",
-    "cell",
-    "triangle",
-    "hypotenuse",
-    "frequency",
-    "signal",
-    "principal",
-    "rate",
-    "fusion",
-    "hydrogen",
-    "helium",
-    "function",
-    "stack",
-    "result",
-    "simply",
-    "note",
-    "first",
-    "second",
-    "finally",
-]
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -102,26 +52,6 @@ GROUP_SIZE = max(_env_int("CRM_LOAD_GROUP_SIZE", 8) or 8, 1)
 TIMEOUT_S = float(os.environ.get("CRM_LOAD_TIMEOUT_S", "300"))
 _seed = _env_int("CRM_LOAD_SEED", None)
 RNG = random.Random(_seed)
-
-
-def make_prompt(rng: random.Random) -> str:
-    return rng.choice(TEMPLATES).format(t=rng.choice(TOPICS))
-
-
-def make_response(rng: random.Random) -> str:
-    """A fresh sampled 'policy output': rollouts are (almost) never repeated."""
-    n = rng.randint(12, 40)
-    return " ".join(rng.choice(WORDS) for _ in range(n)) + f" ({rng.getrandbits(32):08x})."
-
-
-def make_items(rng: random.Random, n: int) -> list[dict[str, str]]:
-    """n items in groups of GROUP_SIZE responses per prompt (GRPO-style)."""
-    items: list[dict[str, str]] = []
-    while len(items) < n:
-        prompt = make_prompt(rng)
-        for _ in range(min(GROUP_SIZE, n - len(items))):
-            items.append({"prompt": prompt, "response": make_response(rng)})
-    return items
 
 
 def make_body(items: list[dict[str, str]]) -> dict[str, Any]:
@@ -171,7 +101,7 @@ class RolloutUser(_ScoreUser):
 
     @task
     def score_one(self) -> None:
-        self.score(make_items(RNG, 1), SINGLE_NAME)
+        self.score(rollouts.make_items(RNG, 1, GROUP_SIZE), SINGLE_NAME)
 
 
 class BatchUser(_ScoreUser):
@@ -183,4 +113,4 @@ class BatchUser(_ScoreUser):
     @task
     def score_batch(self) -> None:
         n = RNG.randint(min(BATCH_MIN, BATCH_MAX), max(BATCH_MIN, BATCH_MAX))
-        self.score(make_items(RNG, n), BATCH_NAME)
+        self.score(rollouts.make_items(RNG, n, GROUP_SIZE), BATCH_NAME)

@@ -35,9 +35,6 @@ import asyncio
 import contextlib
 import json
 import random
-import secrets
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,88 +44,23 @@ from typing import Any
 
 import httpx
 
+from loadtests import rollouts
 from loadtests.attack import (
     Gateway,
     RedisServer,
     SetupError,
-    _remove_root,
-    free_port,
-    gateway_env,
-    make_private_root,
+    deploy,
     metric_sum,
     percentile,
-    write_keys_file,
 )
 from loadtests.bench_train import _cpu_model as cpu_model
 from service.checkpoint.variant import publish_head_variant
 
-# The locustfile's generators without importing locust (it lives in the tools virtualenv).
-TOPICS = (
-    "the boiling point of water at altitude",
-    "why the sky is blue",
-    "how a hash map resolves collisions",
-    "the causes of the French Revolution",
-    "photosynthesis in C4 plants",
-    "the difference between TCP and UDP",
-    "how vaccines train the immune system",
-    "the Pythagorean theorem",
-    "what a Fourier transform does",
-    "how interest compounds",
-    "the life cycle of a star",
-    "why recursion needs a base case",
-)
-TEMPLATES = (
-    "Explain {t} to a high-school student.",
-    "Give a short, accurate summary of {t}.",
-    "What is a common misconception about {t}?",
-    "Write two sentences about {t} for a textbook.",
-)
-WORDS = [
-    "because",
-    "therefore",
-    "energy",
-    "pressure",
-    "light",
-    "wavelength",
-    "scatter",
-    "molecule",
-    "bucket",
-    "chain",
-    "probe",
-    "packet",
-    "handshake",
-    "antigen",
-    "memory",
-    "cell",
-    "triangle",
-    "hypotenuse",
-    "frequency",
-    "signal",
-    "principal",
-    "rate",
-    "fusion",
-    "hydrogen",
-    "helium",
-    "function",
-    "stack",
-    "result",
-    "simply",
-    "note",
-    "first",
-    "second",
-    "finally",
-]
-GROUP_SIZE = 8
+GROUP_SIZE = 8  # the locustfile's default: responses per prompt
 
 
 def make_items(rng: random.Random, n: int) -> list[dict[str, str]]:
-    items: list[dict[str, str]] = []
-    while len(items) < n:
-        prompt = rng.choice(TEMPLATES).format(t=rng.choice(TOPICS))
-        for _ in range(min(GROUP_SIZE, n - len(items))):
-            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 40)))
-            items.append({"prompt": prompt, "response": f"{words} ({rng.getrandbits(32):08x})."})
-    return items
+    return rollouts.make_items(rng, n, GROUP_SIZE)
 
 
 @dataclass
@@ -518,32 +450,19 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     with contextlib.ExitStack() as stack:
-        root, base = make_private_root(args.checkpoint_root.resolve())
-        stack.callback(_remove_root, root.root)
-        v1 = base.manifest.model_version
-        v2 = publish_head_variant(root, base, seed=3)
-        work = Path(tempfile.mkdtemp(prefix="crm-soak-"))
-        stack.callback(shutil.rmtree, work, True)
-        keys_file = work / "api-keys"
-        key, admin_key = ("crm-soak-" + secrets.token_hex(16) for _ in range(2))
-        write_keys_file(keys_file, key + "\n")
         logs = args.out.parent / f"{args.out.stem}-logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        redis = RedisServer(free_port(), logs / "redis.log")
-        stack.callback(redis.stop)
-        redis.start()
-        port = free_port()
-        env = gateway_env(root.root, redis.url, keys_file, admin_key, port)
-        env["CRM_MAX_QUEUE_ITEMS"] = str(args.max_queue_items)
-        gateway = Gateway(port, env, logs / "gateway.log")
-        stack.callback(gateway.stop)
-        t = time.monotonic()
-        gateway.start()
+        queue_env = {"CRM_MAX_QUEUE_ITEMS": str(args.max_queue_items)}
         try:
-            served = gateway.wait_ready(args.start_timeout_s)
+            d = deploy(args.checkpoint_root, stack, logs, "crm-soak", queue_env)
+            v1 = d.base.manifest.model_version
+            v2 = publish_head_variant(d.root, d.base, seed=3)
+            t = time.monotonic()
+            d.gateway.start()
+            served = d.gateway.wait_ready(args.start_timeout_s)
         except SetupError as exc:
             print(f"set-up failed: {exc}")
             return 2
+        gateway, redis, key, admin_key = d.gateway, d.redis_server, d.key, d.admin_key
         report["ready_after_s"] = round(time.monotonic() - t, 1)
         run = Run(args, gateway, redis, key, admin_key, (v1, v2), current=served, initial=served)
         print(

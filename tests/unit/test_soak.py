@@ -1,12 +1,22 @@
-"""The soak's and the image check's own bookkeeping: which answers are stale, lost or a leak."""
+"""The soak's and the image check's own bookkeeping: which answers are stale, lost or a leak;
+and the private deployment that the soak and the attack share."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import shutil
+from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+
 from loadtests import image_check, soak
+from loadtests.attack import deploy
+from service.checkpoint.bootstrap import bootstrap
+from service.checkpoint.store import CheckpointRoot
 
 
 def _run(**over: Any) -> soak.Run:
@@ -124,3 +134,23 @@ def test_the_image_check_passes_only_a_start_that_served_and_refused_as_it_shoul
 def test_the_soak_defaults_exceed_twenty_minutes() -> None:
     args: argparse.Namespace = soak.parse_args([])
     assert args.minutes >= 20 and args.m == 4
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_deployment_is_private_and_undone_with_its_stack(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "root"
+    version = bootstrap(source, tiny_llama, seed=0).manifest.model_version
+    with contextlib.ExitStack() as stack:
+        d = deploy(source, stack, tmp_path / "logs", "crm-test", {"CRM_MAX_QUEUE_ITEMS": "7"})
+        assert d.base.manifest.model_version == version
+        assert d.root.root != source and CheckpointRoot(d.root.root).current_version() == version
+        assert d.keys_file.read_text().split() == [d.key] and d.key != d.admin_key
+        env = d.gateway.env
+        assert env["CRM_MAX_QUEUE_ITEMS"] == "7" and env["CRM_CHECKPOINT_ROOT"] == str(d.root.root)
+        assert env["CRM_API_KEYS_FILE"] == str(d.keys_file)
+        assert redis.Redis.from_url(d.redis_server.url).ping()
+        assert d.gateway.proc is None  # started by the caller, after its own set-up
+    assert not d.root.root.exists() and not d.keys_file.exists()
+    assert d.redis_server.proc is not None and d.redis_server.proc.poll() is not None
