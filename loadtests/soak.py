@@ -23,7 +23,9 @@ Reported (JSON to --out, markdown beside it, a table printed): requests sent, an
 lost (sent by the steady clients and never answered), results whose model version was not
 current when the request started (during a reload call either version is current), p50/p99
 latency per phase, and the queue depth and RSS of the gateway and its engines every
---sample-s, with the slope of each (MiB per hour, least squares over the second half). The
+--sample-s, with the slope of each (MiB per hour, least squares over the second half of the
+samples taken with one version loaded: a reload holds two until the old one is retired) and
+the RSS before each reload and at the end. The
 run passes with zero 5xx outside the injected faults' own requests, zero lost, zero stale
 versions, the queue back at 0 at the end and a gateway RSS slope under --max-leak-mib-h.
 """
@@ -234,10 +236,12 @@ async def overload_burst(run: Run) -> None:
     print(f"[{run.now():7.1f}s] overload burst answered {dict(codes)}", flush=True)
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """RSS of the gateway alone and of the gateway with every descendant, MiB."""
+def rss_mib(pid: int) -> tuple[float, float, int]:
+    """RSS of the gateway alone and of the gateway with every descendant, MiB, and how many
+    engine cores run under it (twice the settled count while a reload holds two versions)."""
     import psutil
 
+    engines = 0
     try:
         p = psutil.Process(pid)
         own = p.memory_info().rss
@@ -245,9 +249,11 @@ def rss_mib(pid: int) -> tuple[float, float]:
         for child in p.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
+                # setproctitle's name, cut to 15 characters by the kernel.
+                engines += child.name().startswith("VLLM::EngineCor")
     except psutil.Error:
-        return 0.0, 0.0
-    return own / 2**20, total / 2**20
+        return 0.0, 0.0, 0
+    return own / 2**20, total / 2**20, engines
 
 
 async def sampler(run: Run, stop: asyncio.Event) -> None:
@@ -258,7 +264,7 @@ async def sampler(run: Run, stop: asyncio.Event) -> None:
                 r = await c.get("/metrics")
                 if r.status_code == 200:
                     depth = metric_sum(r.text, "critic_rm_queue_depth")
-            own, total = rss_mib(run.gateway.pid)
+            own, total, engines = rss_mib(run.gateway.pid)
             run.samples.append(
                 {
                     "t": round(run.now(), 1),
@@ -266,6 +272,7 @@ async def sampler(run: Run, stop: asyncio.Event) -> None:
                     "queue_depth": depth,
                     "gateway_rss_mib": round(own, 1),
                     "total_rss_mib": round(total, 1),
+                    "engine_procs": engines,
                 }
             )
             with contextlib.suppress(asyncio.TimeoutError):
@@ -305,9 +312,34 @@ async def traffic(run: Run) -> dict[str, Any]:
     return {"traffic_s": round(total, 1), "drained_after_s": round(drained_at - total, 1)}
 
 
+def settled(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples with one version loaded: from a reload's start until the old version is
+    retired the gateway holds both (about 120 MiB more, and the engines twice over), which
+    is no leak; what a leak is shows in what stays once the old one is gone."""
+    counts = [s["engine_procs"] for s in samples if s.get("engine_procs")]
+    if not counts:
+        return samples
+    one = min(counts)
+    return [s for s in samples if s.get("engine_procs") == one]
+
+
+def settled_before_reloads(run: Run, key: str) -> list[float]:
+    """`key` in the last settled sample before each reload and at the end: the steps a leak
+    per reload would climb."""
+    calm = settled(run.samples)
+    marks = [start for start, _, _, _ in run.reloads] + [float("inf")]
+    out = []
+    for mark in marks:
+        before = [s[key] for s in calm if s["t"] < mark and s.get(key)]
+        if before:
+            out.append(before[-1])
+    return out
+
+
 def slope_mib_per_h(samples: list[dict[str, Any]], key: str) -> float | None:
-    """Least-squares slope over the second half of the run (after start-up transients)."""
-    pts = [(s["t"], s[key]) for s in samples if s.get(key)]
+    """Least-squares slope over the second half of the settled samples (after start-up
+    transients)."""
+    pts = [(s["t"], s[key]) for s in settled(samples) if s.get(key)]
     pts = pts[len(pts) // 2 :]
     if len(pts) < 3:
         return None
@@ -373,6 +405,8 @@ def summarise(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "queue_depth_max": max((s["queue_depth"] or 0 for s in run.samples), default=None),
         "gateway_rss_slope_mib_per_h": gw_slope,
         "total_rss_slope_mib_per_h": slope_mib_per_h(run.samples, "total_rss_mib"),
+        "gateway_rss_settled_mib": settled_before_reloads(run, "gateway_rss_mib"),
+        "total_rss_settled_mib": settled_before_reloads(run, "total_rss_mib"),
         "per_phase": by_phase,
         **extra,
     }
@@ -401,9 +435,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['date']}: {s['requests_sent']} requests sent, answered by status "
         f"{s['answered_by_status']}; 5xx outside the faults {s['server_errors_5xx']}, lost "
         f"{s['lost']}, stale versions {s['stale_version']}; queue depth at the end "
-        f"{s['queue_depth_end']}; RSS slope over the second half: gateway "
-        f"{s['gateway_rss_slope_mib_per_h']} MiB/h, gateway with engines "
-        f"{s['total_rss_slope_mib_per_h']} MiB/h. Passed: {s['passed']}.",
+        f"{s['queue_depth_end']}; RSS slope over the second half (one version loaded): "
+        f"gateway {s['gateway_rss_slope_mib_per_h']} MiB/h, gateway with engines "
+        f"{s['total_rss_slope_mib_per_h']} MiB/h; gateway RSS before each reload and at the "
+        f"end {s['gateway_rss_settled_mib']} MiB, with engines {s['total_rss_settled_mib']} "
+        f"MiB. Passed: {s['passed']}.",
         "",
         "| phase | requests | status | p50 s | p99 s |",
         "|---|---:|---|---:|---:|",

@@ -88,6 +88,34 @@ def test_the_summary_counts_5xx_lost_and_stale_only_outside_the_faults() -> None
     assert soak.summarise(run, {})["passed"]
 
 
+def test_the_leak_check_reads_only_samples_with_one_version_loaded() -> None:
+    """A reload holds two versions until the old one retires: its bump is no leak, but what
+    stays after it is."""
+    run = _run(max_leak_mib_h=100.0)
+    run.reloads = [(t, t + 80.0, "v1", "v2") for t in (600.0, 1200.0, 1800.0, 2400.0, 3000.0)]
+    run.samples = [
+        {
+            "t": float(t),
+            "queue_depth": 0.0,
+            # Two versions (4 engine cores) from each reload's start to 100 s after it.
+            "engine_procs": 4 if any(0 <= t - r < 100 for r, *_ in run.reloads) else 2,
+            "gateway_rss_mib": 900.0
+            + (120.0 if any(0 <= t - r < 100 for r, *_ in run.reloads) else 0.0),
+            "total_rss_mib": 7000.0,
+        }
+        for t in range(0, 3600, 10)
+    ]
+    s = soak.summarise(run, {})
+    assert s["gateway_rss_slope_mib_per_h"] == 0.0 and s["passed"]
+    assert s["gateway_rss_settled_mib"] == [900.0] * 6
+    # Each reload now leaves 60 MiB behind, 360 MiB/h: a leak.
+    for x in run.samples:
+        x["gateway_rss_mib"] += 60.0 * sum(x["t"] >= r + 100 for r, *_ in run.reloads)
+    s = soak.summarise(run, {})
+    assert s["gateway_rss_settled_mib"] == [900.0 + 60.0 * i for i in range(6)]
+    assert not s["passed"] and any("gateway RSS grows" in p for p in s["problems"])
+
+
 def test_the_items_follow_the_locustfile_groups_of_eight_per_prompt() -> None:
     items = soak.make_items(random.Random(0), 20)
     assert len(items) == 20
