@@ -35,6 +35,11 @@ def test_default_recipes_validate() -> None:
     longer = load_config(REPO / "trainer/configs/teacher_sampled.yaml")
     assert longer.train.reward_inputs == ["plain", "sampled"] and longer.sampling.plain_critiques
     assert longer.eval.on == "validation" and longer.eval.max_pairs == 90
+    rco = load_config(REPO / "trainer/configs/rco.yaml")
+    assert rco.refine.method == "utility" and rco.train.preference.loss == "rco"
+    assert rco.eval.critic and rco.export.checkpoint_root != "checkpoints"
+    for recipe in sorted((REPO / "trainer/configs").glob("*.yaml")):
+        load_config(recipe)  # every shipped recipe validates
 
 
 def test_a_recipe_states_only_what_differs_from_its_base(tmp_path: Path) -> None:
