@@ -23,11 +23,13 @@ Reported (JSON to --out, markdown beside it, a table printed): requests sent, an
 lost (sent by the steady clients and never answered), results whose model version was not
 current when the request started (during a reload call either version is current), p50/p99
 latency per phase, and the queue depth and RSS of the gateway and its engines every
---sample-s, with the slope of each (MiB per hour, least squares over the second half of the
-samples taken with one version loaded: a reload holds two until the old one is retired) and
-the RSS before each reload and at the end. The
-run passes with zero 5xx outside the injected faults' own requests, zero lost, zero stale
-versions, the queue back at 0 at the end and a gateway RSS slope under --max-leak-mib-h.
+--sample-s. Memory is read from the samples taken with one version loaded (a reload holds two
+until the old one is retired): its growth while serving (MiB per hour, least squares over the
+second half within each stretch between reloads) and the level before each reload and at the
+end, whose differences are what each reload left behind. The run passes with zero 5xx outside
+the injected faults' own requests, zero lost, zero stale versions, the queue back at 0 at the
+end, the gateway's growth while serving under --max-leak-mib-h and the last reload's step
+under --max-reload-step-mib (a leak per reload does not shrink; fragmentation does).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -249,8 +252,10 @@ def rss_mib(pid: int) -> tuple[float, float, int]:
         for child in p.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
-                # setproctitle's name, cut to 15 characters by the kernel.
-                engines += child.name().startswith("VLLM::EngineCor")
+                # setproctitle's name (cut to 15 characters in /proc); an exited engine
+                # not yet reaped is a zombie and holds nothing.
+                live = child.status() != psutil.STATUS_ZOMBIE
+                engines += live and child.name().startswith("VLLM::EngineCor")
     except psutil.Error:
         return 0.0, 0.0, 0
     return own / 2**20, total / 2**20, engines
@@ -336,20 +341,30 @@ def settled_before_reloads(run: Run, key: str) -> list[float]:
     return out
 
 
-def slope_mib_per_h(samples: list[dict[str, Any]], key: str) -> float | None:
-    """Least-squares slope over the second half of the settled samples (after start-up
-    transients)."""
-    pts = [(s["t"], s[key]) for s in settled(samples) if s.get(key)]
-    pts = pts[len(pts) // 2 :]
-    if len(pts) < 3:
+def serving_slope_mib_per_h(run: Run, key: str) -> float | None:
+    """Growth while serving, MiB per hour: the least-squares slope of the settled samples of
+    the run's second half within each stretch between reloads (a separate intercept per
+    stretch, so a reload's step does not count here; reload_steps has those)."""
+    if not run.samples:
         return None
-    n = len(pts)
-    mx = sum(t for t, _ in pts) / n
-    my = sum(v for _, v in pts) / n
-    var = sum((t - mx) ** 2 for t, _ in pts)
-    if var == 0:
-        return None
-    return round(sum((t - mx) * (v - my) for t, v in pts) / var * 3600.0, 1)
+    half = max(s["t"] for s in run.samples) / 2.0
+    starts = [start for start, _, _, _ in run.reloads]
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for s in settled(run.samples):
+        if s["t"] >= half and s.get(key):
+            groups.setdefault(sum(s["t"] >= x for x in starts), []).append((s["t"], s[key]))
+    num = var = 0.0
+    for pts in groups.values():
+        mt = sum(t for t, _ in pts) / len(pts)
+        mv = sum(v for _, v in pts) / len(pts)
+        num += sum((t - mt) * (v - mv) for t, v in pts)
+        var += sum((t - mt) ** 2 for t, _ in pts)
+    return round(num / var * 3600.0, 1) if var > 0 else None
+
+
+def reload_steps(levels: list[float]) -> list[float]:
+    """What each reload left behind: the settled level after it minus the one before it."""
+    return [round(b - a, 1) for a, b in itertools.pairwise(levels)]
 
 
 def stale(run: Run, r: Req) -> bool:
@@ -384,7 +399,9 @@ def summarise(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     depth_end = next(
         (s["queue_depth"] for s in reversed(run.samples) if s["queue_depth"] is not None), None
     )
-    gw_slope = slope_mib_per_h(run.samples, "gateway_rss_mib")
+    gw_slope = serving_slope_mib_per_h(run, "gateway_rss_mib")
+    gw_levels = settled_before_reloads(run, "gateway_rss_mib")
+    gw_steps = reload_steps(gw_levels)
     out = {
         "requests_sent": len(reqs),
         "answered_by_status": dict(Counter(str(r.status) for r in reqs if r.status is not None)),
@@ -404,8 +421,9 @@ def summarise(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
         "queue_depth_end": depth_end,
         "queue_depth_max": max((s["queue_depth"] or 0 for s in run.samples), default=None),
         "gateway_rss_slope_mib_per_h": gw_slope,
-        "total_rss_slope_mib_per_h": slope_mib_per_h(run.samples, "total_rss_mib"),
-        "gateway_rss_settled_mib": settled_before_reloads(run, "gateway_rss_mib"),
+        "total_rss_slope_mib_per_h": serving_slope_mib_per_h(run, "total_rss_mib"),
+        "gateway_rss_settled_mib": gw_levels,
+        "gateway_rss_reload_steps_mib": gw_steps,
         "total_rss_settled_mib": settled_before_reloads(run, "total_rss_mib"),
         "per_phase": by_phase,
         **extra,
@@ -420,7 +438,9 @@ def summarise(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     if depth_end not in (0, 0.0):
         problems.append(f"queue depth {depth_end} at the end")
     if gw_slope is not None and gw_slope > run.args.max_leak_mib_h:
-        problems.append(f"gateway RSS grows {gw_slope} MiB/h")
+        problems.append(f"gateway RSS grows {gw_slope} MiB/h while serving")
+    if gw_steps and gw_steps[-1] > run.args.max_reload_step_mib:
+        problems.append(f"the last reload left {gw_steps[-1]} MiB in the gateway")
     if len(run.reloads) and any(old == new for _, _, old, new in run.reloads):
         problems.append("a reload failed")
     out["problems"] = problems
@@ -435,11 +455,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['date']}: {s['requests_sent']} requests sent, answered by status "
         f"{s['answered_by_status']}; 5xx outside the faults {s['server_errors_5xx']}, lost "
         f"{s['lost']}, stale versions {s['stale_version']}; queue depth at the end "
-        f"{s['queue_depth_end']}; RSS slope over the second half (one version loaded): "
-        f"gateway {s['gateway_rss_slope_mib_per_h']} MiB/h, gateway with engines "
-        f"{s['total_rss_slope_mib_per_h']} MiB/h; gateway RSS before each reload and at the "
-        f"end {s['gateway_rss_settled_mib']} MiB, with engines {s['total_rss_settled_mib']} "
-        f"MiB. Passed: {s['passed']}.",
+        f"{s['queue_depth_end']}; RSS growth while serving (second half, one version "
+        f"loaded, between reloads): gateway {s['gateway_rss_slope_mib_per_h']} MiB/h, "
+        f"gateway with engines {s['total_rss_slope_mib_per_h']} MiB/h; gateway RSS before "
+        f"each reload and at the end {s['gateway_rss_settled_mib']} MiB (left by each reload: "
+        f"{s['gateway_rss_reload_steps_mib']} MiB), with engines "
+        f"{s['total_rss_settled_mib']} MiB. Passed: {s['passed']}.",
         "",
         "| phase | requests | status | p50 s | p99 s |",
         "|---|---:|---|---:|---:|",
@@ -472,6 +493,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=10.0)
     p.add_argument("--client-timeout-s", type=float, default=600.0)
     p.add_argument("--max-leak-mib-h", type=float, default=100.0)
+    # A retired version's whole front end (tokenizers, engine clients) is about 125 MiB: one
+    # kept per reload shows as a step that does not shrink.
+    p.add_argument("--max-reload-step-mib", type=float, default=32.0)
     p.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--machine", default=cpu_model())
     return p.parse_args(argv)

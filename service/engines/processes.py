@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 
 import psutil
 
@@ -40,6 +41,14 @@ def reap_descendants(grace_s: float = 5.0) -> list[int]:
             proc.kill()
     psutil.wait_procs(alive, timeout=grace_s)
     return [p.pid for p in live]
+
+
+def reap_exited() -> int:
+    """Reap the engine processes that have exited (a retired version's engine cores: vLLM's
+    shutdown ends them without waiting), so no zombie stays until the next engine start; the
+    number of children still running. Through multiprocessing, which started them and would
+    otherwise keep them listed as alive."""
+    return len(multiprocessing.active_children())
 
 
 def _alive(proc: psutil.Process) -> bool:

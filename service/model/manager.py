@@ -14,6 +14,7 @@ from service.checkpoint.store import CheckpointError, CheckpointRoot
 from service.contract.formatting import Message
 from service.engines.base import SamplingSpec
 from service.engines.dtype import generator_dtype
+from service.engines.processes import reap_exited
 from service.model.errors import NotReady, ShuttingDown
 from service.model.health import Health, RunBatch, forward
 from service.model.memory import release_free_heap
@@ -227,4 +228,5 @@ class ModelManager:
         version = old.model_version
         del old  # the last reference: its tokenizers and engine clients go before the trim
         await asyncio.to_thread(release_free_heap)
+        await asyncio.to_thread(reap_exited)
         log.info("retired %s", version)

@@ -59,13 +59,18 @@ def test_a_failed_reload_keeps_the_old_version_current() -> None:
     assert soak.stale(run, soak.Req("single", "steady", 200.0, version="v2"))
 
 
-def test_the_leak_slope_reads_the_second_half_in_mib_per_hour() -> None:
-    flat_then_growing = [{"t": float(t), "rss": 1000.0} for t in range(0, 600, 10)] + [
-        {"t": float(t), "rss": 1000.0 + (t - 600) / 36.0} for t in range(600, 1800, 10)
+def test_growth_while_serving_is_read_between_reloads_in_mib_per_hour() -> None:
+    run = _run()
+    run.reloads = [(1200.0, 1210.0, "v1", "v2")]
+    # Flat, then 1 MiB per 36 s (100 MiB/h) from 600 s on, and a 50 MiB step at the reload.
+    run.samples = [
+        {"t": float(t), "rss": 1000.0 + max(t - 600, 0) / 36.0 + (50.0 if t >= 1200 else 0.0)}
+        for t in range(0, 1800, 10)
     ]
-    # 1 MiB per 36 s = 100 MiB/h over the second half.
-    assert soak.slope_mib_per_h(flat_then_growing, "rss") == 100.0
-    assert soak.slope_mib_per_h([{"t": 0.0, "rss": 5.0}], "rss") is None
+    assert soak.serving_slope_mib_per_h(run, "rss") == 100.0
+    run.samples = run.samples[:1]
+    assert soak.serving_slope_mib_per_h(run, "rss") is None
+    assert soak.reload_steps([900.0, 960.0, 975.5]) == [60.0, 15.5]
 
 
 def test_the_summary_counts_5xx_lost_and_stale_only_outside_the_faults() -> None:
@@ -90,30 +95,40 @@ def test_the_summary_counts_5xx_lost_and_stale_only_outside_the_faults() -> None
 
 def test_the_leak_check_reads_only_samples_with_one_version_loaded() -> None:
     """A reload holds two versions until the old one retires: its bump is no leak, but what
-    stays after it is."""
-    run = _run(max_leak_mib_h=100.0)
+    stays after it is, when it does not shrink; a zombie engine holds nothing."""
+    run = _run(max_leak_mib_h=100.0, max_reload_step_mib=32.0)
     run.reloads = [(t, t + 80.0, "v1", "v2") for t in (600.0, 1200.0, 1800.0, 2400.0, 3000.0)]
+
+    def loading(t: float) -> bool:
+        return any(0 <= t - r < 100 for r, *_ in run.reloads)
+
     run.samples = [
         {
             "t": float(t),
             "queue_depth": 0.0,
-            # Two versions (4 engine cores) from each reload's start to 100 s after it.
-            "engine_procs": 4 if any(0 <= t - r < 100 for r, *_ in run.reloads) else 2,
-            "gateway_rss_mib": 900.0
-            + (120.0 if any(0 <= t - r < 100 for r, *_ in run.reloads) else 0.0),
+            "engine_procs": 4 if loading(t) else 2,
+            "gateway_rss_mib": 900.0 + (120.0 if loading(t) else 0.0),
             "total_rss_mib": 7000.0,
         }
         for t in range(0, 3600, 10)
     ]
     s = soak.summarise(run, {})
-    assert s["gateway_rss_slope_mib_per_h"] == 0.0 and s["passed"]
+    assert s["gateway_rss_slope_mib_per_h"] == 0.0 and s["passed"], s["problems"]
     assert s["gateway_rss_settled_mib"] == [900.0] * 6
-    # Each reload now leaves 60 MiB behind, 360 MiB/h: a leak.
+    assert s["gateway_rss_reload_steps_mib"] == [0.0] * 5
+    # Fragmentation: each reload leaves half of what the one before it did.
+    for x in run.samples:
+        x["gateway_rss_mib"] += sum(
+            64.0 / 2**i for i, (r, *_) in enumerate(run.reloads) if x["t"] >= r + 100
+        )
+    s = soak.summarise(run, {})
+    assert s["gateway_rss_reload_steps_mib"] == [64.0, 32.0, 16.0, 8.0, 4.0] and s["passed"]
+    # A leak: each reload keeps 60 MiB more.
     for x in run.samples:
         x["gateway_rss_mib"] += 60.0 * sum(x["t"] >= r + 100 for r, *_ in run.reloads)
     s = soak.summarise(run, {})
-    assert s["gateway_rss_settled_mib"] == [900.0 + 60.0 * i for i in range(6)]
-    assert not s["passed"] and any("gateway RSS grows" in p for p in s["problems"])
+    assert s["gateway_rss_reload_steps_mib"][-1] == 64.0
+    assert not s["passed"] and any("the last reload left" in p for p in s["problems"])
 
 
 def test_the_items_follow_the_locustfile_groups_of_eight_per_prompt() -> None:
