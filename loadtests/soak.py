@@ -317,21 +317,26 @@ async def traffic(run: Run) -> dict[str, Any]:
     return {"traffic_s": round(total, 1), "drained_after_s": round(drained_at - total, 1)}
 
 
-def settled(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def settled(run: Run) -> list[dict[str, Any]]:
     """The samples with one version loaded: from a reload's start until the old version is
     retired the gateway holds both (about 120 MiB more, and the engines twice over), which
-    is no leak; what a leak is shows in what stays once the old one is gone."""
-    counts = [s["engine_procs"] for s in samples if s.get("engine_procs")]
+    is no leak; what a leak is shows in what stays once the old one is gone. So: outside
+    every reload call (the new version's tokenizers come before its engine processes), and
+    with the fewest engine cores (the old ones run until their in-flight work is done)."""
+    calm = [
+        s for s in run.samples if not any(start <= s["t"] <= end for start, end, *_ in run.reloads)
+    ]
+    counts = [s["engine_procs"] for s in calm if s.get("engine_procs")]
     if not counts:
-        return samples
+        return calm
     one = min(counts)
-    return [s for s in samples if s.get("engine_procs") == one]
+    return [s for s in calm if s.get("engine_procs") == one]
 
 
 def settled_before_reloads(run: Run, key: str) -> list[float]:
     """`key` in the last settled sample before each reload and at the end: the steps a leak
     per reload would climb."""
-    calm = settled(run.samples)
+    calm = settled(run)
     marks = [start for start, _, _, _ in run.reloads] + [float("inf")]
     out = []
     for mark in marks:
@@ -350,7 +355,7 @@ def serving_slope_mib_per_h(run: Run, key: str) -> float | None:
     half = max(s["t"] for s in run.samples) / 2.0
     starts = [start for start, _, _, _ in run.reloads]
     groups: dict[int, list[tuple[float, float]]] = {}
-    for s in settled(run.samples):
+    for s in settled(run):
         if s["t"] >= half and s.get(key):
             groups.setdefault(sum(s["t"] >= x for x in starts), []).append((s["t"], s[key]))
     num = var = 0.0
