@@ -202,23 +202,24 @@ async def redis_fault(run: Run) -> None:
     print(f"[{run.now():7.1f}s] redis-server restarted", flush=True)
 
 
+async def burst(
+    run: Run, kind: str, bodies: list[dict[str, Any]], timeout: float | None = None
+) -> list[Req]:
+    """All `bodies` at once, each a fault's own request, on a client sized for them."""
+    async with run.client(len(bodies)) as c:
+        return list(
+            await asyncio.gather(
+                *(run.send(c, kind, b, fault=True, timeout=timeout) for b in bodies)
+            )
+        )
+
+
 async def disconnect_burst(run: Run) -> None:
     a = run.args
     start = run.now()
     rng = random.Random(7)
-    async with run.client(a.disconnects) as c:
-        await asyncio.gather(
-            *(
-                run.send(
-                    c,
-                    "disconnect",
-                    body(make_items(rng, 16), a.m, a.critique_tokens),
-                    fault=True,
-                    timeout=1.0,
-                )
-                for _ in range(a.disconnects)
-            )
-        )
+    bodies = [body(make_items(rng, 16), a.m, a.critique_tokens) for _ in range(a.disconnects)]
+    await burst(run, "disconnect", bodies, timeout=1.0)
     run.phases.append((start, run.now() + 20.0, "disconnect"))
     print(f"[{run.now():7.1f}s] {a.disconnects} clients hung up", flush=True)
 
@@ -227,13 +228,8 @@ async def overload_burst(run: Run) -> None:
     a = run.args
     start = run.now()
     rng = random.Random(11)
-    async with run.client(a.overload_requests) as c:
-        got = await asyncio.gather(
-            *(
-                run.send(c, "overload", body(make_items(rng, 64), 0, 1), fault=True)
-                for _ in range(a.overload_requests)
-            )
-        )
+    bodies = [body(make_items(rng, 64), 0, 1) for _ in range(a.overload_requests)]
+    got = await burst(run, "overload", bodies)
     run.phases.append((start, run.now() + 10.0, "overload"))
     codes = Counter(r.status for r in got)
     print(f"[{run.now():7.1f}s] overload burst answered {dict(codes)}", flush=True)

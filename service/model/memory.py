@@ -10,6 +10,7 @@ retired version is gone, hand those pages back. Both are no-ops where libc is no
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import sys
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # mallopt(3): the most arenas malloc may create
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
