@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY
+from service.engines.dtype import cpu_flags, resolve_generator_dtype
 from trainer.config import LoraConfig
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -28,6 +29,13 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """train.dtype with `auto` resolved by the service's rule for the generator: bfloat16 where
+    the hardware computes it natively, float32 where it would be emulated."""
+    resolved = resolve_generator_dtype(name, device.type == "cpu", cpu_flags())
+    return torch.float32 if resolved == "float32" else torch.bfloat16
 
 
 def _layer_indices(num_layers: int, top: int | None) -> list[int] | None:

@@ -190,7 +190,7 @@ def stage_train(run: Run) -> dict[str, Any]:
     from service.engines.factory import load_formatter
     from trainer import distributed
     from trainer.examples import build_examples
-    from trainer.model import build_policy, resolve_device, save_delta
+    from trainer.model import build_policy, resolve_device, resolve_dtype, save_delta
     from trainer.preference import after_joint_training
     from trainer.syncpl import rsft_examples
     from trainer.tracking import flat_hparams, train_trackers
@@ -225,12 +225,15 @@ def stage_train(run: Run) -> dict[str, Any]:
         project_dir=str(run.path("tb")),
         accumulation_steps=micro_steps(t, distributed.world_size()),
     )
-    if distributed.kind(acc) == "fsdp" and t.dtype != "float32":
+    if distributed.kind(acc) == "fsdp" and t.dtype == "bfloat16":
         raise StageError(
             "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
             "train.dtype=float32 and train.mixed_precision=bf16"
         )
     device = acc.device if distributed.launched() else resolve_device(t.device)
+    # FSDP keeps float32 weights whatever `auto` would pick; bf16 comes from mixed_precision there.
+    fsdp = distributed.kind(acc) == "fsdp"
+    dtype = torch.float32 if fsdp and t.dtype == "auto" else resolve_dtype(t.dtype, device)
     lm = AutoModelForCausalLM.from_pretrained(version.generator_path, dtype=torch.float32)
     head = load_file(str(version.scorer_path / REWARD_HEAD_FILE))[REWARD_HEAD_KEY]
     policy = build_policy(
@@ -238,7 +241,7 @@ def stage_train(run: Run) -> dict[str, Any]:
         head,
         lora=t.lora if t.lora.enabled else None,
         trainable_layers=t.trainable_layers,
-        dtype=getattr(torch, t.dtype),
+        dtype=dtype,
         device=device,
     )
     trainable = sum(p.numel() for p in policy.trainable_named().values())

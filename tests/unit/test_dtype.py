@@ -42,3 +42,23 @@ def test_cpu_flags_reads_the_first_cpu(tmp_path: Path) -> None:
     )
     assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("flags", "device", "want"),
+    [
+        (AVX2, "cpu", "float32"),
+        (ZEN4, "cpu", "bfloat16"),
+        (AVX2, "cuda", "bfloat16"),
+    ],
+)
+def test_the_trainer_resolves_auto_by_the_same_rule(
+    monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], device: str, want: str
+) -> None:
+    import torch
+
+    from trainer import model
+
+    monkeypatch.setattr(model, "cpu_flags", lambda: flags)
+    assert model.resolve_dtype("auto", torch.device(device)) == getattr(torch, want)
+    assert model.resolve_dtype("float32", torch.device(device)) == torch.float32
