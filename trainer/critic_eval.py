@@ -203,13 +203,15 @@ async def critic_report(
     run: Any, trained: Path, splits: Mapping[str, Sequence[PreferencePair]]
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The eval stage's eval.critic: critic_metrics of the trained version and of the base on
-    the first eval.critic_pairs of each split, written as eval/critic.{json,md}."""
+    the first eval.critic_pairs of each split, written as eval/critic.{json,md}. Revisions get
+    the recipe's refine.revision_max_tokens, so the CU measured is the one training used."""
     from trainer.run import base_version, engine_config
 
     few = {name: part[: run.cfg.eval.critic_pairs] for name, part in splits.items()}
     versions = {"trained": trained, "base": base_version(run).path}
+    settings = CriticEvalSettings(revision_tokens=run.cfg.refine.revision_max_tokens)
     out = {
-        label: await critic_eval(path, few, engine_config(run), CriticEvalSettings())
+        label: await critic_eval(path, few, engine_config(run), settings)
         for label, path in versions.items()
     }
     write_critic_report(out, run.path("eval"))
