@@ -202,19 +202,10 @@ def actor_server() -> Iterator[Any]:
     server.shutdown()
 
 
-def test_an_external_actor_writes_the_revisions(
-    fmt: PromptFormatter, actor_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"http://127.0.0.1:{actor_server.server_address[1]}/v1"
-    monkeypatch.setenv("ACTOR_KEY_FOR_TEST", "sk-actor")
-    actor = actor_of(ActorConfig(url=url, model="policy-7b", api_key_env="ACTOR_KEY_FOR_TEST"))
-    record: dict[str, Any] = {
-        "pair": PAIR,
-        "chosen": [],
-        "rejected": [{"text": "VAGUE: could be better."}, {"text": "FIX-IT: divide 150 by 6."}],
-    }
-    gen = Scripted(fmt, {})  # the generator writes nothing: no key matches, so it would fail
-    (out,) = asyncio.run(
+def _refine_by_actor(
+    gen: Scripted, fmt: PromptFormatter, record: dict[str, Any], actor: Any
+) -> list[dict[str, Any]]:
+    return asyncio.run(
         utility_refine(
             gen,
             fmt,
@@ -227,6 +218,21 @@ def test_an_external_actor_writes_the_revisions(
             actor=actor,
         )
     )
+
+
+def test_an_external_actor_writes_the_revisions(
+    fmt: PromptFormatter, actor_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{actor_server.server_address[1]}/v1"
+    monkeypatch.setenv("ACTOR_KEY_FOR_TEST", "sk-actor")
+    actor = actor_of(ActorConfig(url=url, model="policy-7b", api_key_env="ACTOR_KEY_FOR_TEST"))
+    record: dict[str, Any] = {
+        "pair": PAIR,
+        "chosen": [],
+        "rejected": [{"text": "VAGUE: could be better."}, {"text": "FIX-IT: divide 150 by 6."}],
+    }
+    gen = Scripted(fmt, {})  # the generator writes nothing: no key matches, so it would fail
+    (out,) = _refine_by_actor(gen, fmt, record, actor)
     assert gen.seen == []
     assert out["rejected_cu"] == [0.75, 1.0]
     assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
@@ -246,19 +252,7 @@ def test_a_failing_actor_stops_the_stage_naming_the_field(
     actor = actor_of(ActorConfig(url=url))
     record: dict[str, Any] = {"pair": PAIR, "chosen": [], "rejected": [{"text": "FIX-IT: x"}]}
     with pytest.raises(StageError, match=r"refine\.actor\.url .*HTTP 500"):
-        asyncio.run(
-            utility_refine(
-                Scripted(fmt, {}),
-                fmt,
-                [record],
-                k=1,
-                revisions=2,
-                max_tokens=64,
-                temperature=0.8,
-                top_p=0.95,
-                actor=actor,
-            )
-        )
+        _refine_by_actor(Scripted(fmt, {}), fmt, record, actor)
     assert actor_of(ActorConfig()) is None
     with pytest.raises(ValidationError, match="http"):
         ActorConfig(url="file:///etc/passwd")
