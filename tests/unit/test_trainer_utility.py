@@ -202,24 +202,6 @@ def actor_server() -> Iterator[Any]:
     server.shutdown()
 
 
-def _refine_by_actor(
-    gen: Scripted, fmt: PromptFormatter, record: dict[str, Any], actor: Any
-) -> list[dict[str, Any]]:
-    return asyncio.run(
-        utility_refine(
-            gen,
-            fmt,
-            [record],
-            k=1,
-            revisions=2,
-            max_tokens=64,
-            temperature=0.8,
-            top_p=0.95,
-            actor=actor,
-        )
-    )
-
-
 def test_an_external_actor_writes_the_revisions(
     fmt: PromptFormatter, actor_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,7 +214,19 @@ def test_an_external_actor_writes_the_revisions(
         "rejected": [{"text": "VAGUE: could be better."}, {"text": "FIX-IT: divide 150 by 6."}],
     }
     gen = Scripted(fmt, {})  # the generator writes nothing: no key matches, so it would fail
-    (out,) = _refine_by_actor(gen, fmt, record, actor)
+    (out,) = asyncio.run(
+        utility_refine(
+            gen,
+            fmt,
+            [record],
+            k=1,
+            revisions=2,
+            max_tokens=64,
+            temperature=0.8,
+            top_p=0.95,
+            actor=actor,
+        )
+    )
     assert gen.seen == []
     assert out["rejected_cu"] == [0.75, 1.0]
     assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
@@ -252,7 +246,19 @@ def test_a_failing_actor_stops_the_stage_naming_the_field(
     actor = actor_of(ActorConfig(url=url))
     record: dict[str, Any] = {"pair": PAIR, "chosen": [], "rejected": [{"text": "FIX-IT: x"}]}
     with pytest.raises(StageError, match=r"refine\.actor\.url .*HTTP 500"):
-        _refine_by_actor(Scripted(fmt, {}), fmt, record, actor)
+        asyncio.run(
+            utility_refine(
+                Scripted(fmt, {}),
+                fmt,
+                [record],
+                k=1,
+                revisions=2,
+                max_tokens=64,
+                temperature=0.8,
+                top_p=0.95,
+                actor=actor,
+            )
+        )
     assert actor_of(ActorConfig()) is None
     with pytest.raises(ValidationError, match="http"):
         ActorConfig(url="file:///etc/passwd")
