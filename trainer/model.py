@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from service.checkpoint.manifest import REWARD_HEAD_FILE, REWARD_HEAD_KEY
 from service.engines.dtype import cpu_flags, resolve_generator_dtype
 from trainer.config import LoraConfig
+from trainer.run import StageError
 
 ADAPTER_FILE = "adapter.safetensors"
 DELTA_FILE = "delta.json"
@@ -31,9 +32,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, fsdp: bool = False) -> torch.dtype:
     """train.dtype with `auto` resolved by the service's rule for the generator: bfloat16 where
-    the hardware computes it natively, float32 where it would be emulated."""
+    the hardware computes it natively, float32 where it would be emulated. FSDP keeps float32
+    weights (bf16 comes from train.mixed_precision there), so `auto` is float32 under it and an
+    explicit bfloat16 is refused."""
+    if fsdp:
+        if name == "bfloat16":
+            raise StageError(
+                "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
+                "train.dtype=float32 and train.mixed_precision=bf16"
+            )
+        return torch.float32
     resolved = resolve_generator_dtype(name, device.type == "cpu", cpu_flags())
     return torch.float32 if resolved == "float32" else torch.bfloat16
 

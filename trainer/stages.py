@@ -21,7 +21,7 @@ from trainer.data.load import (
     write_jsonl,
 )
 from trainer.data.pairs import PreferencePair
-from trainer.run import Run, StageError, base_version, engine_config
+from trainer.run import Run, base_version, engine_config
 
 log = logging.getLogger(__name__)
 
@@ -225,15 +225,8 @@ def stage_train(run: Run) -> dict[str, Any]:
         project_dir=str(run.path("tb")),
         accumulation_steps=micro_steps(t, distributed.world_size()),
     )
-    if distributed.kind(acc) == "fsdp" and t.dtype == "bfloat16":
-        raise StageError(
-            "train.dtype: FSDP shards float32 weights (the reward head is float32 too); set "
-            "train.dtype=float32 and train.mixed_precision=bf16"
-        )
     device = acc.device if distributed.launched() else resolve_device(t.device)
-    # FSDP keeps float32 weights whatever `auto` would pick; bf16 comes from mixed_precision there.
-    fsdp = distributed.kind(acc) == "fsdp"
-    dtype = torch.float32 if fsdp and t.dtype == "auto" else resolve_dtype(t.dtype, device)
+    dtype = resolve_dtype(t.dtype, device, fsdp=distributed.kind(acc) == "fsdp")
     lm = AutoModelForCausalLM.from_pretrained(version.generator_path, dtype=torch.float32)
     head = load_file(str(version.scorer_path / REWARD_HEAD_FILE))[REWARD_HEAD_KEY]
     policy = build_policy(
