@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -47,6 +47,32 @@ class SamplingConfig(_Section):
     )
 
 
+class ActorConfig(_Section):
+    """Who writes the revisions of refine.method utility and eval.critic: the generator, or an
+    external OpenAI-compatible chat endpoint (the policy under training), called as /refine
+    calls one."""
+
+    url: str | None = Field(
+        None,
+        description="Base URL of the actor's OpenAI-compatible API (POST {url}/chat/completions); "
+        "None: the generator itself.",
+    )
+    model: str = Field("policy", min_length=1, description="The `model` field sent.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the actor's API key (never the key)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per request.")
+    max_response_bytes: int = Field(1_000_000, ge=1024)
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return url
+
+
 class RefineConfig(_Section):
     method: Literal["ranking", "summarization", "utility", "none"] = Field(
         "ranking",
@@ -59,6 +85,7 @@ class RefineConfig(_Section):
     max_tokens: int = Field(64, ge=1, description="Tokens of a summarised meta-critique.")
     revisions: int = Field(5, ge=1, description="utility: revisions per critique (RCO's M).")
     revision_max_tokens: int = Field(256, ge=1, description="utility: tokens per revision.")
+    actor: ActorConfig = ActorConfig()
 
 
 class LoraConfig(_Section):

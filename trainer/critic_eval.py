@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from service.engines.base import CritiqueGenerator, SamplingSpec
+from service.engines.chat_endpoint import RevisionSpec
 from service.engines.config import EngineConfig
 from trainer.data.pairs import PreferencePair
 from trainer.evaluate import wilson
-from trainer.utility import revision_prompt, utility_refine
+from trainer.utility import ExternalActor, actor_of, revisions_of, utility_refine
 from trainer.verify.checks import verify
 
 
@@ -43,8 +44,10 @@ async def critic_metrics(
     temperature: float,
     top_p: float,
     settings: CriticEvalSettings,
+    actor: ExternalActor | None = None,
 ) -> dict[str, Any]:
-    """Mean CU and the fix rate after 1..rounds rounds, on the pairs that have a verifier."""
+    """Mean CU and the fix rate after 1..rounds rounds, on the pairs that have a verifier; the
+    revisions are the generator's, or `actor`'s when given."""
     pairs = [p for p in pairs if p.check]
     if not pairs:
         return {"pairs": 0}
@@ -67,6 +70,7 @@ async def critic_metrics(
         max_tokens=settings.revision_tokens,
         temperature=temperature,
         top_p=top_p,
+        actor=actor,
     )
     cu = {side: [u for r in refined for u in r[f"{side}_cu"]] for side in ("chosen", "rejected")}
     one = SamplingSpec(1, temperature, top_p, critique_tokens)
@@ -77,7 +81,9 @@ async def critic_metrics(
             generator, fmt, [(p.prompt, y) for p, y in zip(pairs, current, strict=True)], one
         )
         first = [t[0] if t else "" for t in notes]
-        current = await _revise(generator, fmt, pairs, current, first, spec_for(one, settings))
+        current = await _revise(
+            generator, fmt, pairs, current, first, spec_for(one, settings), actor
+        )
         right = [
             1.0 if verify(p.check or {}, y).correct else 0.0
             for p, y in zip(pairs, current, strict=True)
@@ -112,9 +118,9 @@ async def _critique(
     return [[c.text for c in next(outs)] if ok else [] for ok in fits]
 
 
-def spec_for(critique: SamplingSpec, settings: CriticEvalSettings) -> SamplingSpec:
+def spec_for(critique: SamplingSpec, settings: CriticEvalSettings) -> RevisionSpec:
     """A revision's sampling: one, at the critiques' temperature, up to revision_tokens."""
-    return SamplingSpec(1, critique.temperature, critique.top_p, settings.revision_tokens)
+    return RevisionSpec(1, critique.temperature, critique.top_p, settings.revision_tokens)
 
 
 async def _revise(
@@ -123,23 +129,18 @@ async def _revise(
     pairs: Sequence[PreferencePair],
     current: Sequence[str],
     notes: Sequence[str],
-    spec: SamplingSpec,
+    spec: RevisionSpec,
+    actor: ExternalActor | None,
 ) -> list[str]:
     """One revision of each response with its critique; the response itself where there is no
     critique or the revision prompt leaves no room."""
-    prompts = [
-        revision_prompt(fmt, p.prompt, y, z) for p, y, z in zip(pairs, current, notes, strict=True)
-    ]
-    room = [fmt.max_model_len - len(ids) for ids in prompts]
-    ask = [i for i, (z, r) in enumerate(zip(notes, room, strict=True)) if z and r > 1]
-    specs = [
-        SamplingSpec(1, spec.temperature, spec.top_p, min(spec.max_tokens, room[i] - 1))
-        for i in ask
-    ]
-    outs = (await generator.generate([prompts[i] for i in ask], specs))[0] if ask else []
+    ask = [i for i, z in enumerate(notes) if z]
+    items = [(pairs[i].prompt, current[i], notes[i]) for i in ask]
+    outs = await revisions_of(generator, fmt, items, spec, actor)
     revised = list(current)
     for i, out in zip(ask, outs, strict=True):
-        revised[i] = out[0].text
+        if out:
+            revised[i] = out[0]
     return revised
 
 
@@ -148,6 +149,7 @@ async def critic_eval(
     splits: Mapping[str, Sequence[PreferencePair]],
     engine_cfg: EngineConfig,
     settings: CriticEvalSettings,
+    actor: ExternalActor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """critic_metrics of one checkpoint version on named splits, with its sampling defaults."""
     from trainer.evaluate import open_generator, resolve_checkpoint
@@ -164,6 +166,7 @@ async def critic_eval(
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 settings=settings,
+                actor=actor,
             )
             for name, part in splits.items()
         }
@@ -204,14 +207,16 @@ async def critic_report(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The eval stage's eval.critic: critic_metrics of the trained version and of the base on
     the first eval.critic_pairs of each split, written as eval/critic.{json,md}. Revisions get
-    the recipe's refine.revision_max_tokens, so the CU measured is the one training used."""
+    the recipe's refine.revision_max_tokens and actor, so the CU measured is the one training
+    used."""
     from trainer.run import base_version, engine_config
 
     few = {name: part[: run.cfg.eval.critic_pairs] for name, part in splits.items()}
     versions = {"trained": trained, "base": base_version(run).path}
     settings = CriticEvalSettings(revision_tokens=run.cfg.refine.revision_max_tokens)
+    actor_cfg = run.cfg.refine.actor
     out = {
-        label: await critic_eval(path, few, engine_config(run), settings)
+        label: await critic_eval(path, few, engine_config(run), settings, actor_of(actor_cfg))
         for label, path in versions.items()
     }
     write_critic_report(out, run.path("eval"))

@@ -259,7 +259,7 @@ async def refine(
     if generator is None:
         raise ValueError(f"refine.method {cfg.method!r} needs the critique generator")
     if cfg.method == "utility":
-        from trainer.utility import utility_refine
+        from trainer.utility import actor_of, utility_refine
 
         return await utility_refine(
             generator,
@@ -270,6 +270,7 @@ async def refine(
             max_tokens=cfg.revision_max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            actor=actor_of(cfg.actor),
         )
     if cfg.method == "ranking":
         prompts = [

@@ -2,7 +2,8 @@
 drives is worth.
 
 For each response y0 and each of its sampled critiques c_i, the actor (the generator, asked as
-/refine's served policy asks it: service.contract.revision) writes M revisions; a judge compares
+/refine's served policy asks it: service.contract.revision, or the recipe's external
+OpenAI-compatible policy, refine.actor) writes M revisions; a judge compares
 each revision with y0 in both orders, a win 1, a tie 0.5, a loss 0, and the critique's utility
 CU(c_i) is the mean. The judge is the pair's verifier where it has one (the synthetic data's
 unit tests, arithmetic checker, constraints): a revision that is right where y0 was wrong wins,
@@ -18,10 +19,14 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from service.contract.formatting import PromptFormatter, normalize_prompt
+from service.contract.formatting import Message, PromptFormatter, normalize_prompt
+from service.contract.options import PolicyLimits
 from service.contract.revision import revision_messages
 from service.contract.voting import judge_pair
 from service.engines.base import CritiqueGenerator, SamplingSpec
+from service.engines.chat_endpoint import ExternalPolicy, PolicyFailure, RevisionSpec
+from trainer.config import ActorConfig
+from trainer.run import StageError
 from trainer.verify.checks import verify
 
 SIDES = ("chosen", "rejected")
@@ -53,6 +58,42 @@ def preference_pair(texts: Sequence[str], utilities: Sequence[float]) -> tuple[s
     ranked = sorted(range(len(texts)), key=lambda i: -utilities[i])  # stable: sampled order
     hi, lo = ranked[0], ranked[-1]
     return (texts[hi], texts[lo]) if utilities[hi] > utilities[lo] else None
+
+
+class ExternalActor:
+    """refine.actor: revisions from an external OpenAI-compatible endpoint, sent as /refine sends
+    them (service.engines.chat_endpoint, with its timeout, size limit and no redirects), at most
+    `concurrency` in flight. The URL is the operator's own recipe, so no allow-list applies.
+    A failed request stops the stage (it is resumable) instead of counting as a tie."""
+
+    def __init__(self, cfg: ActorConfig) -> None:
+        if cfg.url is None:
+            raise ValueError("refine.actor.url is not set")
+        limits = PolicyLimits(
+            (cfg.url,), True, cfg.timeout_s, cfg.max_response_bytes, cfg.api_key_env
+        )
+        self.policy = ExternalPolicy(cfg.url, cfg.model, limits)
+        self.url = cfg.url
+        self.concurrency = cfg.concurrency
+
+    async def revise_all(
+        self, conversations: Sequence[list[Message]], spec: RevisionSpec
+    ) -> list[list[str]]:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(messages: list[Message]) -> list[str]:
+            async with gate:
+                try:
+                    return [c.text for c in await self.policy.revise(messages, spec)]
+                except PolicyFailure as exc:
+                    raise StageError(f"refine.actor.url {self.url}: {exc}") from None
+
+        return list(await asyncio.gather(*(one(m) for m in conversations)))
+
+
+def actor_of(cfg: ActorConfig) -> ExternalActor | None:
+    """The recipe's external actor, or None for the generator."""
+    return ExternalActor(cfg) if cfg.url else None
 
 
 def revision_prompt(fmt: PromptFormatter, prompt: Any, response: str, critique: str) -> list[int]:
@@ -107,29 +148,24 @@ async def utility_refine(
     max_tokens: int,
     temperature: float,
     top_p: float,
+    actor: ExternalActor | None = None,
 ) -> list[dict[str, Any]]:
     """Each record gains, per side, "<side>_cu" (the utility of every critique, in sampled
     order), "<side>_train" (the top K texts by utility) and "<side>_cu_pair" ([preferred,
-    dispreferred] or null)."""
+    dispreferred] or null). The revisions are the generator's, or `actor`'s when given."""
     jobs = [
         (n, side, j) for n, r in enumerate(records) for side in SIDES for j in range(len(r[side]))
     ]
-    prompts, keep = [], []
-    for n, side, j in jobs:
-        pair = records[n]["pair"]
-        ids = revision_prompt(fmt, pair["prompt"], pair[side], records[n][side][j]["text"])
-        fits = len(ids) + 1 <= fmt.max_model_len
-        keep.append(fits)
-        if fits:
-            prompts.append(ids)
-    room = [fmt.max_model_len - len(p) for p in prompts]
-    specs = [SamplingSpec(revisions, temperature, top_p, min(max_tokens, r)) for r in room]
-    written, _ = await generator.generate(prompts, specs) if prompts else ([], None)
-    outs = iter(written)
+    items = [
+        (records[n]["pair"]["prompt"], records[n]["pair"][side], records[n][side][j]["text"])
+        for n, side, j in jobs
+    ]
+    written = await revisions_of(
+        generator, fmt, items, RevisionSpec(revisions, temperature, top_p, max_tokens), actor
+    )
     judgments = []
-    for (n, side, _j), fits in zip(jobs, keep, strict=True):
+    for (n, side, _j), texts in zip(jobs, written, strict=True):
         pair = records[n]["pair"]
-        texts = [c.text for c in next(outs)] if fits else []
         judgments.append(_outcomes(generator, fmt, pair, pair[side], texts))
     cu: dict[tuple[int, str], list[float]] = {}
     for (n, side, _j), outcomes in zip(jobs, await asyncio.gather(*judgments), strict=True):
@@ -148,3 +184,29 @@ async def utility_refine(
             rec[f"{side}_cu_pair"] = list(best) if best is not None else None
         out.append(rec)
     return out
+
+
+async def revisions_of(
+    generator: CritiqueGenerator,
+    fmt: PromptFormatter,
+    items: Sequence[tuple[Any, str, str]],
+    spec: RevisionSpec,
+    actor: ExternalActor | None,
+) -> list[list[str]]:
+    """spec.n revisions of each (prompt, response, critique); none where the generator's
+    revision prompt does not fit its context (an external actor has its own context)."""
+    if actor is not None:
+        conversations = [revision_messages(normalize_prompt(x), y, z) for x, y, z in items]
+        return await actor.revise_all(conversations, spec)
+    prompts = [revision_prompt(fmt, x, y, z) for x, y, z in items]
+    fits = [len(ids) + 1 <= fmt.max_model_len for ids in prompts]
+    asked = [ids for ids, ok in zip(prompts, fits, strict=True) if ok]
+    specs = [
+        SamplingSpec(
+            spec.n, spec.temperature, spec.top_p, min(spec.max_tokens, fmt.max_model_len - len(ids))
+        )
+        for ids in asked
+    ]
+    written, _ = await generator.generate(asked, specs) if asked else ([], None)
+    outs = iter(written)
+    return [[c.text for c in next(outs)] if ok else [] for ok in fits]

@@ -14,13 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract.options import OptionError
+from service.engines.chat_endpoint import PolicyFailure
 from service.model.errors import NotReady, ReloadFailed, ShuttingDown
 from service.scoring.errors import (
     DeadlineExceeded,
     EngineFailure,
     InvalidRequest,
     Overloaded,
-    PolicyFailure,
 )
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from service.api.refine_schemas import (
     RefineUsage,
     ScoredResponse,
 )
+from service.engines.chat_endpoint import ExternalPolicy
 from service.scoring.core import RewardService
 from service.scoring.errors import InvalidRequest
-from service.scoring.policy import URL_FIELD, ExternalPolicy, Policy, ServedPolicy, check_policy_url
+from service.scoring.policy import URL_FIELD, Policy, ServedPolicy, check_policy_url
 from service.scoring.refine import Refiner
 
 router = APIRouter(responses={**ERRORS, 502: ERRORS[503]}, dependencies=[Depends(require_api_key)])

@@ -17,7 +17,7 @@ from service.api.schemas import (
 from service.checkpoint.critique_format import StructuredCritique
 from service.checkpoint.manifest import SamplingDefaults
 from service.contract.options import OptionError
-from service.scoring.policy import RevisionSpec
+from service.engines.chat_endpoint import RevisionSpec
 from service.scoring.refine import RefineOptions, Scored
 from service.settings import Settings
 

@@ -1,5 +1,5 @@
 """Errors of a scoring request that the API turns into HTTP responses (the model's lifecycle
-errors are in service.model.errors)."""
+errors are in service.model.errors; an external policy's in service.engines.chat_endpoint)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,3 @@ class Overloaded(Exception):
 
 class DeadlineExceeded(Exception):
     """The request's deadline passed before its results were ready; its queued work is dropped."""
-
-
-class PolicyFailure(Exception):
-    """The external policy of a /refine failed (refused, timed out, answered nonsense): 502."""

@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
-import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
-
-import httpx
 
 from service.contract.formatting import Message
 from service.contract.options import PolicyLimits
 from service.engines.base import Critique, SamplingSpec
+from service.engines.chat_endpoint import RevisionSpec
 from service.model.runtime import ModelRuntime
-from service.scoring.errors import InvalidRequest, PolicyFailure
+from service.scoring.errors import InvalidRequest
 
 URL_FIELD = "policy.url"
-
-
-@dataclass(frozen=True)
-class RevisionSpec:
-    """How the revisions of one round are sampled."""
-
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
 
 
 class Policy(Protocol):
@@ -66,80 +52,6 @@ class ServedPolicy:
         sampling = SamplingSpec(spec.n, spec.temperature, spec.top_p, min(spec.max_tokens, room))
         outs, _stats = await self.runtime.generator.generate([ids], [sampling])
         return outs[0]
-
-
-class ExternalPolicy:
-    """POST {url}/chat/completions of an OpenAI-compatible server (vLLM, SGLang, TGI, ...)."""
-
-    def __init__(self, url: str, model: str, limits: PolicyLimits) -> None:
-        self.endpoint = url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.limits = limits
-
-    async def revise(self, messages: Sequence[Message], spec: RevisionSpec) -> list[Critique]:
-        body = {
-            "model": self.model,
-            "messages": list(messages),
-            "n": spec.n,
-            "temperature": spec.temperature,
-            "top_p": spec.top_p,
-            "max_tokens": spec.max_tokens,
-        }
-        headers = {"content-type": "application/json"}
-        if self.limits.api_key_env and os.environ.get(self.limits.api_key_env):
-            headers["authorization"] = f"Bearer {os.environ[self.limits.api_key_env]}"
-        try:
-            async with (
-                httpx.AsyncClient(
-                    timeout=self.limits.timeout_s, follow_redirects=False, trust_env=False
-                ) as client,
-                client.stream("POST", self.endpoint, json=body, headers=headers) as answer,
-            ):
-                raw = await _read_bounded(answer, self.limits.max_response_bytes)
-                status = answer.status_code
-        except httpx.TimeoutException:
-            raise PolicyFailure(
-                f"the policy did not answer within {self.limits.timeout_s} s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise PolicyFailure(f"the policy could not be reached: {type(exc).__name__}") from None
-        if status != 200:
-            raise PolicyFailure(f"the policy answered HTTP {status}")
-        return parse_completions(raw, spec.n)
-
-
-async def _read_bounded(answer: httpx.Response, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in answer.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise PolicyFailure(f"the policy's answer is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_completions(raw: bytes, n: int) -> list[Critique]:
-    """The choices of a chat-completions answer; PolicyFailure for anything else."""
-    try:
-        data: Any = json.loads(raw)
-        choices = data["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError("no choices")
-        out = []
-        for choice in choices[:n]:
-            text = choice["message"]["content"]
-            if not isinstance(text, str):
-                raise ValueError("a choice's content is not text")
-            reason = choice.get("finish_reason") or "stop"
-            out.append(Critique(text.strip(), 0, str(reason)[:32]))
-        usage = data.get("usage") or {}
-        tokens = usage.get("completion_tokens")
-        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 and out:
-            # The server counts all choices together; spread them for the usage report.
-            out = [Critique(c.text, tokens // len(out), c.finish_reason) for c in out]
-        return out
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise PolicyFailure("the policy's answer is not a chat completion") from None
 
 
 def check_policy_url(url: str, limits: PolicyLimits) -> None:

@@ -18,10 +18,10 @@ from service.contract.formatting import InputTooLongError, Message, normalize_pr
 from service.contract.options import ScoreOptions
 from service.contract.revision import revision_messages
 from service.engines.base import Critique
+from service.engines.chat_endpoint import PolicyFailure, RevisionSpec
 from service.model.runtime import ModelRuntime
 from service.scoring.core import FieldNamer, RewardService, item_field
-from service.scoring.errors import PolicyFailure
-from service.scoring.policy import Policy, RevisionSpec
+from service.scoring.policy import Policy
 
 StopRule = Literal["verdict", "no_improvement", "never"]
 StopReason = Literal["verdict", "no_improvement", "rounds", "no_revision"]

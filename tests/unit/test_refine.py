@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 from critic_rm_client import AsyncRewardClient, RewardClient
 from service.app import create_app
 from service.contract.options import PolicyLimits
-from service.scoring.errors import InvalidRequest, PolicyFailure
-from service.scoring.policy import check_policy_url, parse_completions
+from service.engines.chat_endpoint import PolicyFailure, parse_completions
+from service.scoring.errors import InvalidRequest
+from service.scoring.policy import check_policy_url
 from tests.fakes import FakeGenerator, loader_for, running, wait_ready
 from tests.unit.test_gateway import make_settings
 

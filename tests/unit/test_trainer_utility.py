@@ -6,14 +6,21 @@ tests/integration/test_trainer_e2e.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from service.contract.formatting import PromptFormatter
 from service.engines.base import Critique, EngineStats, SamplingSpec
+from trainer.config import ActorConfig
+from trainer.run import StageError
 from trainer.utility import (
+    actor_of,
     both_orders,
     critique_utility,
     preference_pair,
@@ -160,3 +167,92 @@ def test_without_a_verifier_the_compare_judge_decides_in_both_orders(
     assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
     # 4 revisions x 2 orders x 3 criteria (/compare's default) x 2 responses.
     assert gen.scored == 48
+
+
+class _Actor(BaseHTTPRequestHandler):
+    """A local OpenAI-compatible actor: revises by the critique in the last user turn (the
+    script's key), n choices; HTTP 500 when the server's `fail` is set."""
+
+    def do_POST(self) -> None:
+        server: Any = self.server
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        server.seen.append((self.path, body, self.headers.get("authorization")))
+        critique = body["messages"][-1]["content"]
+        texts = next(v for k, v in server.script.items() if k in critique)
+        payload = {"choices": [{"message": {"content": t}} for t in texts[: body["n"]]]}
+        data = json.dumps(payload).encode()
+        self.send_response(500 if server.fail else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_args: Any) -> None:
+        return None
+
+
+@pytest.fixture()
+def actor_server() -> Iterator[Any]:
+    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Actor)
+    server.seen, server.fail = [], False
+    server.script = {"FIX-IT": [RIGHT, RIGHT], "VAGUE": [WRONG, RIGHT]}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def _refine_by_actor(
+    gen: Scripted, fmt: PromptFormatter, record: dict[str, Any], actor: Any
+) -> list[dict[str, Any]]:
+    return asyncio.run(
+        utility_refine(
+            gen,
+            fmt,
+            [record],
+            k=1,
+            revisions=2,
+            max_tokens=64,
+            temperature=0.8,
+            top_p=0.95,
+            actor=actor,
+        )
+    )
+
+
+def test_an_external_actor_writes_the_revisions(
+    fmt: PromptFormatter, actor_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{actor_server.server_address[1]}/v1"
+    monkeypatch.setenv("ACTOR_KEY_FOR_TEST", "sk-actor")
+    actor = actor_of(ActorConfig(url=url, model="policy-7b", api_key_env="ACTOR_KEY_FOR_TEST"))
+    record: dict[str, Any] = {
+        "pair": PAIR,
+        "chosen": [],
+        "rejected": [{"text": "VAGUE: could be better."}, {"text": "FIX-IT: divide 150 by 6."}],
+    }
+    gen = Scripted(fmt, {})  # the generator writes nothing: no key matches, so it would fail
+    (out,) = _refine_by_actor(gen, fmt, record, actor)
+    assert gen.seen == []
+    assert out["rejected_cu"] == [0.75, 1.0]
+    assert out["rejected_cu_pair"] == ["FIX-IT: divide 150 by 6.", "VAGUE: could be better."]
+    path, body, auth = actor_server.seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-actor"
+    assert body["model"] == "policy-7b" and body["n"] == 2 and body["max_tokens"] == 64
+    # /refine's revision conversation: the prompt, the response, then the critique turn.
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"] == PAIR["rejected"]
+
+
+def test_a_failing_actor_stops_the_stage_naming_the_field(
+    fmt: PromptFormatter, actor_server: Any
+) -> None:
+    actor_server.fail = True
+    url = f"http://127.0.0.1:{actor_server.server_address[1]}"
+    actor = actor_of(ActorConfig(url=url))
+    record: dict[str, Any] = {"pair": PAIR, "chosen": [], "rejected": [{"text": "FIX-IT: x"}]}
+    with pytest.raises(StageError, match=r"refine\.actor\.url .*HTTP 500"):
+        _refine_by_actor(Scripted(fmt, {}), fmt, record, actor)
+    assert actor_of(ActorConfig()) is None
+    with pytest.raises(ValidationError, match="http"):
+        ActorConfig(url="file:///etc/passwd")
