@@ -173,8 +173,11 @@ async def critic_eval(
 
 
 def write_critic_report(results: Mapping[str, Mapping[str, dict[str, Any]]], folder: Path) -> None:
-    """critic.json and a markdown table: per version and split, mean CU and the fix rates."""
+    """critic.json, a markdown table and critic.png: per version and split, mean CU and the fix
+    rates."""
     import json
+
+    from trainer.critic_plots import critic_panels, plot_panels
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "critic.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -200,6 +203,7 @@ def write_critic_report(results: Mapping[str, Mapping[str, dict[str, Any]]], fol
             cu = f"{num(m.get('mean_cu'))} ({num(m.get('mean_cu_wrong'))} / {num(m.get('mean_cu_right'))})"
             rows.append(f"| {label} | {name} | {m['pairs']} | {cu} | {rates[0]} | {rates[1]} |")
     (folder / "critic.md").write_text("\n".join(rows) + "\n")
+    plot_panels(critic_panels(results), folder / "critic.png")
 
 
 async def critic_report(

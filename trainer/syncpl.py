@@ -295,7 +295,9 @@ async def compare_report(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """/compare accuracy of the trained version and of the base on each split, judged as a
     default /compare request is (one trajectory per order), written to eval/compare.json and a
-    markdown table beside the reward report."""
+    markdown table and compare.png beside the reward report."""
+    from trainer.critic_plots import compare_panels, plot_panels
+
     versions = {"trained": trained, "base": base_version(run).path}
     s, c = run.cfg.sampling, run.cfg.syncpl
     settings = JudgeSettings(c.criteria, 1, s.temperature, s.top_p, c.rubric_tokens)
@@ -323,6 +325,7 @@ async def compare_report(
                 + " |"
             )
     (folder / "compare.md").write_text("\n".join(rows) + "\n")
+    plot_panels(compare_panels(out), folder / "compare.png", chance=0.5)
     return out
 
 

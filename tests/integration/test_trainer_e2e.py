@@ -311,6 +311,7 @@ def test_a_syncpl_judge_trains_on_its_trajectories_and_serves_compare(
         assert 0 < compare[label]["test"]["pairs"] <= tested
         assert 0.0 <= compare[label]["test"]["overall"] <= 1.0
     assert (run_dir / "eval" / "compare.md").read_text().count("| trained | test |") == 1
+    assert (run_dir / "eval" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     manifest = CheckpointRoot(root).resolve(verify_hashes=False).manifest
     assert manifest.metrics["trainer"]["mode"] == "syncpl"
     assert manifest.metrics["compare"] == compare

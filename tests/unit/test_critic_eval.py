@@ -14,6 +14,7 @@ from service.contract.formatting import PromptFormatter
 from service.engines.base import Critique, EngineStats, SamplingSpec
 from tests.unit.test_trainer_utility import PAIR, RIGHT, WRONG
 from trainer.critic_eval import CriticEvalSettings, critic_metrics, write_critic_report
+from trainer.critic_plots import compare_panels, critic_panels
 from trainer.data.pairs import PreferencePair
 
 
@@ -77,3 +78,19 @@ def test_mean_utility_and_fix_rate_of_a_scripted_critic(
     write_critic_report({"trained": {"test": m}}, tmp_path)
     table = (tmp_path / "critic.md").read_text()
     assert "| trained | test | 1 | 0.500 (0.750 / 0.250) | 1.000 [" in table
+    assert (tmp_path / "critic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_panels_carry_each_version_split_and_interval() -> None:
+    rate = {"rate": 0.25, "ci95": [0.1, 0.5]}
+    critic = {
+        "base": {"test": {"fix_rate": {"1": rate, "2": rate}, "mean_cu_wrong": 0.6}},
+        "trained": {"test": {"pairs": 0}},  # a split with nothing to measure draws no bar
+    }
+    fix1, fix2, cu = critic_panels(critic)
+    assert fix1[2] == {"base": {"test": (0.25, 0.1, 0.5)}, "trained": {"test": None}}
+    assert fix2[0] == "fix rate after 2 rounds"
+    assert cu[2]["base"]["test"] == (0.6, 0.6, 0.6) and cu[2]["trained"]["test"] is None
+    compare = {"base": {"hard": {"overall": 0.5, "ci95": [0.37, 0.63]}}}
+    ((title, _, bars),) = compare_panels(compare)
+    assert "compare" in title and bars == {"base": {"hard": (0.5, 0.37, 0.63)}}
