@@ -63,7 +63,12 @@ class FakeGenerator:
                 self.verdict or ("Incorrect" if len(prompt) % 2 else "Correct"), 2, "stop"
             )
         if spec.regex == SCORE_REGEX:
-            return Critique(str(self.score or (len(prompt) % 5 + 1)), 1, "stop")
+            digit = self.score or (len(prompt) % 5 + 1)
+            # Digit values as an engine returns them: the decoded digit's the largest, the
+            # rest falling off by a slope of the prompt's length (a fixed score: a fixed slope).
+            slope = 1.0 if self.score else 0.5 + (len(prompt) % 7) / 4
+            values = tuple(-slope * abs(d - digit) for d in range(1, 6))
+            return Critique(str(digit), 1, "stop", values if spec.read_ids else None)
         if spec.regex is not None and spec.regex.startswith("(- "):
             k = int(spec.regex.rsplit("{", 1)[1].rstrip("}"))
             names = ["accuracy", "clarity", "completeness", "brevity", "safety", "style"]

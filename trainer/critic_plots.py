@@ -38,14 +38,23 @@ def critic_panels(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> lis
 
 
 def compare_panels(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[Panel]:
-    """SyncPL's compare.json as one panel of /compare accuracy with the position swap."""
-    bars: dict[str, dict[str, Bar]] = {}
-    for label, by_split in results.items():
-        bars[label] = {}
-        for name, acc in by_split.items():
-            v = acc.get("overall")
-            bars[label][name] = None if v is None else (v, *acc["ci95"])
-    return [("/compare accuracy (both orders)", "pairwise accuracy", bars)]
+    """SyncPL's compare.json: /compare accuracy with the position swap, as /compare reads the
+    scores, and by the greedy digits alone where the report has them."""
+
+    def bars_of(pick: str | None) -> dict[str, dict[str, Bar]]:
+        bars: dict[str, dict[str, Bar]] = {}
+        for label, by_split in results.items():
+            bars[label] = {}
+            for name, acc in by_split.items():
+                part = acc if pick is None else acc.get(pick) or {}
+                v = part.get("overall")
+                bars[label][name] = None if v is None else (v, *part["ci95"])
+        return bars
+
+    panels = [("/compare accuracy (both orders)", "pairwise accuracy", bars_of(None))]
+    if any("greedy" in acc for by in results.values() for acc in by.values()):
+        panels.append(("by the greedy digits alone", "pairwise accuracy", bars_of("greedy")))
+    return panels
 
 
 def plot_panels(panels: list[Panel], out: Path, chance: float | None = None) -> None:

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from service.contract.formatting import Message, PromptFormatter
-from service.contract.judging import DEFAULT_RUBRIC, FALLBACK_CRITERIA, criteria_chat, rubric_chat
+from service.contract.judging import (
+    DEFAULT_RUBRIC,
+    FALLBACK_CRITERIA,
+    SCORE_DIGITS,
+    criteria_chat,
+    rubric_chat,
+)
 from service.contract.voting import CriterionScores, Trajectory, judge_pair
 from service.engines.base import Critique, CritiqueGenerator, SamplingSpec
 from service.engines.config import EngineConfig
@@ -88,8 +94,10 @@ async def judge_two(
     rubrics = await sample_rubrics(
         generate, messages, criteria, s.temperature, s.top_p, s.rubric_tokens
     )
+    # Greedy scores are /compare's, read as it reads them: the expected digit beside the digit.
+    digits = fmt.digit_ids(SCORE_DIGITS) if s.score_temperature == 0 else None
     scores = await sample_scores(
-        generate, messages, texts, [PAIR], criteria, rubrics, s.score_temperature
+        generate, messages, texts, [PAIR], criteria, rubrics, s.score_temperature, digits
     )
     return None if too_long else Judged(criteria, rubrics, scores[PAIR])
 
@@ -118,19 +126,29 @@ async def judge_pairs(
 
 
 def trajectory_json(t: Trajectory) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "order": t.order,
         "sample": t.sample,
         "scores": [[c.score_a, c.score_b] for c in t.criteria],
     }
+    if all(c.expected_a is not None and c.expected_b is not None for c in t.criteria):
+        out["expected"] = [[c.expected_a, c.expected_b] for c in t.criteria]
+    return out
 
 
-def trajectories_of(record: dict[str, Any]) -> list[Trajectory]:
+def trajectories_of(record: dict[str, Any], digits_only: bool = False) -> list[Trajectory]:
+    """A record's trajectories, judged by their expected scores where recorded, or by the
+    decoded digits alone (`digits_only`)."""
     out = []
     for t in record["trajectories"]:
         s = t["sample"]
         named = zip(record["criteria"][s], record["rubrics"][s], t["scores"], strict=True)
         scores = [CriterionScores(c, r, a, b) for c, r, (a, b) in named]
+        if "expected" in t and not digits_only:
+            scores = [
+                CriterionScores(c.criterion, c.rubric, c.score_a, c.score_b, ea, eb)
+                for c, (ea, eb) in zip(scores, t["expected"], strict=True)
+            ]
         out.append(Trajectory(t["order"], scores, s))
     return out
 
@@ -238,9 +256,13 @@ def dpo_trajectories(
     ]
 
 
-def compare_accuracy(records: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+def compare_accuracy(
+    records: Sequence[dict[str, Any] | None], digits_only: bool = False
+) -> dict[str, Any]:
     """/compare accuracy with the position swap: a pair is right when the verdict over both
-    orders prefers its chosen response; a tie (the orders disagree, or neither decides) half."""
+    orders prefers its chosen response; a tie (the orders disagree, or neither decides) half.
+    Scores are read as /compare reads them by default (expected digits where recorded), and
+    "greedy" gives the accuracy by the decoded digits alone beside it."""
     from trainer.evaluate import wilson
 
     hits, swapped = [], []
@@ -248,19 +270,22 @@ def compare_accuracy(records: Sequence[dict[str, Any] | None]) -> dict[str, Any]
     for rec in records:
         if rec is None:
             continue
-        verdict = judge_pair(trajectories_of(rec))
+        verdict = judge_pair(trajectories_of(rec, digits_only))
         hit = 1.0 if verdict.preference == LABEL else 0.5 if verdict.preference == "tie" else 0.0
         hits.append(hit)
         swapped.append(verdict.position_disagreement)
         per_category.setdefault(str(rec["pair"].get("category", "general")), []).append(hit)
     n = len(hits)
-    return {
+    out: dict[str, Any] = {
         "overall": sum(hits) / n if n else None,
         "pairs": n,
         "ci95": list(wilson(sum(hits), n)),
         "position_consistent": sum(not v for v in swapped) / n if n else None,
         "per_category": {c: sum(v) / len(v) for c, v in sorted(per_category.items())},
     }
+    if not digits_only:
+        out["greedy"] = compare_accuracy(records, digits_only=True)
+    return out
 
 
 def rsft_examples(
@@ -309,20 +334,24 @@ async def compare_report(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
     rows = [
-        "| model | split | pairs | /compare accuracy [95% CI] | position-consistent |",
-        "|---|---|---:|---:|---:|",
+        "| model | split | pairs | /compare accuracy [95% CI] | position-consistent | "
+        "by greedy digits [95% CI] | position-consistent |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def cells(acc: dict[str, Any]) -> str:
+        lo, hi = acc["ci95"]
+        overall, consistent = acc["overall"], acc["position_consistent"]
+        return (
+            (f"{overall:.3f} [{lo:.2f}, {hi:.2f}]" if overall is not None else "-")
+            + " | "
+            + (f"{consistent:.2f}" if consistent is not None else "-")
+        )
+
     for label, by_split in out.items():
         for name, acc in by_split.items():
-            lo, hi = acc["ci95"]
-            overall = acc["overall"]
-            consistent = acc["position_consistent"]
             rows.append(
-                f"| {label} | {name} | {acc['pairs']} | "
-                + (f"{overall:.3f} [{lo:.2f}, {hi:.2f}]" if overall is not None else "-")
-                + " | "
-                + (f"{consistent:.2f}" if consistent is not None else "-")
-                + " |"
+                f"| {label} | {name} | {acc['pairs']} | {cells(acc)} | {cells(acc['greedy'])} |"
             )
     (folder / "compare.md").write_text("\n".join(rows) + "\n")
     plot_panels(compare_panels(out), folder / "compare.png", chance=0.5)

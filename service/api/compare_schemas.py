@@ -32,6 +32,11 @@ class CompareRequest(BaseModel):
     temperature: float | None = Field(None, gt=0, description="Criteria and rubric sampling.")
     top_p: float | None = Field(None, gt=0, le=1)
     max_rubric_tokens: int = Field(48, ge=1, description="Tokens per rubric.")
+    score_reading: Literal["expected", "greedy"] = Field(
+        "expected",
+        description="expected: each score is the expected digit under the judge's "
+        "probabilities (a small judge's greedy digits mostly tie); greedy: the digit decoded.",
+    )
 
     _prompt = field_validator("prompt")(_check_prompt)
 
@@ -72,14 +77,19 @@ class CompareRequest(BaseModel):
             temperature=temperature,
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             rubric_tokens=self.max_rubric_tokens,
+            score_reading=self.score_reading,
         )
 
 
 class CriterionOut(BaseModel):
     criterion: str
     rubric: str
-    scores: dict[str, int] = Field(description='{"A": 1-5, "B": 1-5}')
-    gap: int = Field(description="score A - score B")
+    scores: dict[str, int] = Field(description='The digits decoded: {"A": 1-5, "B": 1-5}')
+    expected: dict[str, float] | None = Field(
+        description="The expected scores under the judge's digit probabilities "
+        "(score_reading expected); null where the engine returned none."
+    )
+    gap: float = Field(description="A - B: of the expected scores where given, else the digits")
 
 
 class TrajectoryOut(BaseModel):
@@ -127,6 +137,11 @@ class PairOut(BaseModel):
                             criterion=c.criterion,
                             rubric=c.rubric,
                             scores={"A": c.score_a, "B": c.score_b},
+                            expected=(
+                                None
+                                if c.expected_a is None or c.expected_b is None
+                                else {"A": c.expected_a, "B": c.expected_b}
+                            ),
                             gap=c.gap,
                         )
                         for c in t.ranked()

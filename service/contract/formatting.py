@@ -189,6 +189,11 @@ class PromptFormatter:
             )
         return max(spare)
 
+    def digit_ids(self, digits: str) -> tuple[int, ...] | None:
+        """The token id of each digit when every one is a single token, else None."""
+        ids = [self.encode(d) for d in digits]
+        return tuple(i[0] for i in ids) if all(len(i) == 1 for i in ids) else None
+
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -8,6 +8,7 @@ neither format reliably on its own."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ SCORE_USER = (
     "Score Response {which} on this criterion from 1 (worst) to 5 (best). Answer with the digit."
 )
 SCORE_REGEX = r"[1-5]"
+SCORE_DIGITS = "12345"
 SCORE_MAX_TOKENS = 2
 CRITERION_CHARS = 60
 # The rubric of a criterion whose sampled rubric came out empty (shown, and judged by).
@@ -83,3 +85,17 @@ def parse_criteria(text: str, k: int) -> list[str]:
 def parse_score(text: str) -> int | None:
     found = re.search(r"[1-5]", text)
     return int(found.group(0)) if found else None
+
+
+def expected_score(values: Sequence[float]) -> float:
+    """The judge's expected score: the digits 1-5 weighted by the softmax of their values (raw
+    logits or log-probabilities alike: a constant per step cancels). A small judge's greedy
+    digits tie on almost every pair; the expectation keeps the preference the digits round
+    away."""
+    if len(values) != len(SCORE_DIGITS):
+        raise ValueError(f"expected {len(SCORE_DIGITS)} digit values, got {len(values)}")
+    top = max(values)
+    if not math.isfinite(top):
+        raise ValueError("no digit has a finite value")
+    weights = [math.exp(v - top) if math.isfinite(v) else 0.0 for v in values]
+    return sum(int(d) * w for d, w in zip(SCORE_DIGITS, weights, strict=True)) / sum(weights)

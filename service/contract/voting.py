@@ -18,12 +18,23 @@ Preference = Literal["A", "B", "tie"]
 class CriterionScores:
     criterion: str
     rubric: str
-    score_a: int  # of the pair's response A, wherever it was shown
+    score_a: int  # the digit decoded for the pair's response A, wherever it was shown
     score_b: int
+    # The expected scores under the judge's digit probabilities (greedy /compare reads them);
+    # None where only the digits are known (sampled scores, an engine without the values).
+    expected_a: float | None = None
+    expected_b: float | None = None
 
     @property
-    def gap(self) -> int:
-        return self.score_a - self.score_b
+    def gap(self) -> float:
+        """What the rules judge by: the expected scores' gap where both are known."""
+        if self.expected_a is not None and self.expected_b is not None:
+            return self.expected_a - self.expected_b
+        return float(self.score_a - self.score_b)
+
+    def digits_only(self) -> CriterionScores:
+        """These scores judged by their decoded digits alone."""
+        return CriterionScores(self.criterion, self.rubric, self.score_a, self.score_b)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ class SamplingSpec:
     regex: str | None = None  # constrain the output to this regex (the trainer's judge scores)
     # The batch runner closes each critique with a constrained verdict line (engines ignore it).
     structured: bool = False
+    # Token ids whose raw values (logits or log-probabilities, the engine's logprobs mode) at
+    # the first sampled step come back as Critique.first_values: /compare reads a score's
+    # digit distribution there, not only the digit decoded.
+    read_ids: tuple[int, ...] = ()
 
     @classmethod
     def for_options(cls, opts: ScoreOptions, verdict_room: int = 0) -> SamplingSpec:
@@ -38,6 +42,7 @@ class Critique:
     text: str
     num_tokens: int
     finish_reason: str
+    first_values: tuple[float, ...] | None = None  # SamplingSpec.read_ids' values, in order
 
 
 @dataclass

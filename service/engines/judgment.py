@@ -16,6 +16,7 @@ from service.contract.judging import (
     SCORE_REGEX,
     criteria_chat,
     criteria_regex,
+    expected_score,
     parse_criteria,
     parse_score,
     rubric_chat,
@@ -93,10 +94,13 @@ async def sample_scores(
     criteria: list[list[str]],
     rubrics: list[list[str]],
     temperature: float = 0.0,
+    digit_ids: Sequence[int] | None = None,
 ) -> dict[tuple[int, int], list[Trajectory]]:
     """Every pair's trajectories in both orders (AB: the pair's first response shown first),
     from one constrained call; scores are stored in the pair's orientation. /compare decodes
-    scores greedily; the trainer samples them (temperature > 0), as SyncPL expands judgments."""
+    scores greedily; the trainer samples them (temperature > 0), as SyncPL expands judgments.
+    With `digit_ids` (the tokens of "1".."5"), each score also carries its expected value under
+    the judge's digit probabilities, which the voting rules then judge by."""
     plan: list[tuple[tuple[int, int], str, int]] = []  # (pair, order, sample)
     chats: list[list[Message]] = []
     for pair in pairs:
@@ -104,15 +108,30 @@ async def sample_scores(
             for s, (cs, rs) in enumerate(zip(criteria, rubrics, strict=True)):
                 plan.append((pair, order, s))
                 chats += score_chats(messages, texts, pair, order, cs, rs)
-    spec = SamplingSpec(1, temperature, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX)
+    read = tuple(digit_ids or ())
+    spec = SamplingSpec(1, temperature, 1.0, SCORE_MAX_TOKENS, regex=SCORE_REGEX, read_ids=read)
     outs = iter(await generate(chats, spec) if chats else [])
     result: dict[tuple[int, int], list[Trajectory]] = {p: [] for p in pairs}
     for pair, order, s in plan:
         judged = []
         for c, r in zip(criteria[s], rubrics[s], strict=True):
-            shown_a = parse_score(next(outs)[0].text) or 3  # constrained: always a digit
-            shown_b = parse_score(next(outs)[0].text) or 3
-            a, b = (shown_a, shown_b) if order == "AB" else (shown_b, shown_a)
-            judged.append(CriterionScores(c, r, a, b))
+            first, second = next(outs)[0], next(outs)[0]
+            shown = [parse_score(x.text) or 3 for x in (first, second)]  # constrained: a digit
+            expected = [_expected(x) for x in (first, second)]
+            if order == "BA":
+                shown.reverse()
+                expected.reverse()
+            ea, eb = expected if None not in expected else (None, None)
+            judged.append(CriterionScores(c, r, shown[0], shown[1], ea, eb))
         result[pair].append(Trajectory(order, judged, s))  # type: ignore[arg-type]
     return result
+
+
+def _expected(score: Critique) -> float | None:
+    """A score's expected digit, where the engine returned the digits' values."""
+    if score.first_values is None:
+        return None
+    try:
+        return expected_score(score.first_values)
+    except ValueError:
+        return None

@@ -134,6 +134,7 @@ class VllmCritiqueGenerator:
                 structured_outputs=(
                     StructuredOutputsParams(regex=spec.regex) if spec.regex else None
                 ),
+                logprob_token_ids=list(spec.read_ids) or None,
             )
             out = await _last(
                 self.engine.generate(
@@ -143,7 +144,12 @@ class VllmCritiqueGenerator:
             stats.prompt_tokens += len(ids)
             stats.cached_prompt_tokens += out.num_cached_tokens or 0
             return [
-                Critique(c.text.strip(), len(c.token_ids), c.finish_reason or "stop")
+                Critique(
+                    c.text.strip(),
+                    len(c.token_ids),
+                    c.finish_reason or "stop",
+                    _first_values(c.logprobs, spec.read_ids) if spec.read_ids else None,
+                )
                 for c in out.outputs
             ]
 
@@ -155,6 +161,14 @@ class VllmCritiqueGenerator:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _first_values(logprobs: Any, ids: Sequence[int]) -> tuple[float, ...] | None:
+    """The values of `ids` at a completion's first step, or None where the engine returned
+    none (an empty completion)."""
+    if not logprobs or any(i not in logprobs[0] for i in ids):
+        return None
+    return tuple(float(logprobs[0][i].logprob) for i in ids)
 
 
 class VllmRewardScorer:

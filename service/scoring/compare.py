@@ -2,7 +2,8 @@
 
 One generator call samples the criteria (`samples` trajectories; skipped when the request gives
 them), one writes a rubric per criterion and trajectory, one decodes every score under the 1-5
-constraint (each pair, both orders, each trajectory and criterion, A and B): the trajectories of
+constraint (each pair, both orders, each trajectory and criterion, A and B), read by default as
+the expected digit under the judge's probabilities: the trajectories of
 service.engines.judgment, which the trainer's SyncPL stage samples too. The voting rules are
 service.contract.voting's; beside each verdict, the reward head's Bradley-Terry probability
 sigmoid(r_A - r_B) from m = 0 rewards scored through the batcher like /score. Identical
@@ -15,8 +16,10 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from service.contract.formatting import Message
+from service.contract.judging import SCORE_DIGITS
 from service.contract.options import ScoreOptions
 from service.contract.voting import (
     PairVerdict,
@@ -40,6 +43,7 @@ class CompareOptions:
     temperature: float
     top_p: float
     rubric_tokens: int
+    score_reading: Literal["expected", "greedy"] = "expected"
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,10 @@ class Comparer:
             rubrics = await sample_rubrics(
                 generate, messages, criteria, opts.temperature, opts.top_p, opts.rubric_tokens
             )
-            scores = await sample_scores(generate, messages, texts, distinct, criteria, rubrics)
+            digits = fmt.digit_ids(SCORE_DIGITS) if opts.score_reading == "expected" else None
+            scores = await sample_scores(
+                generate, messages, texts, distinct, criteria, rubrics, digit_ids=digits
+            )
         metrics = self.service.metrics
         verdicts: dict[tuple[int, int], PairVerdict] = {}
         for i, j in pairs:

@@ -32,6 +32,10 @@ def test_a_pair_is_judged_through_criteria_rubrics_and_scores(http: httpx.Client
             # The constrained decoders give a criterion of letters and a digit score.
             assert 3 <= len(c["criterion"]) <= 60 and c["rubric"].strip()
             assert set(c["scores"]) == {"A", "B"} and all(1 <= s <= 5 for s in c["scores"].values())
+            # Read as expected digits from the engine's digit values: a score within 1-5.
+            expected = c["expected"]
+            assert set(expected) == {"A", "B"} and all(1 <= s <= 5 for s in expected.values())
+            assert c["gap"] == pytest.approx(expected["A"] - expected["B"])
     votes = pair["votes"]
     assert sum(votes.values()) == 2
     if pair["position_disagreement"]:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from critic_rm_client import RewardClient
 from critic_rm_client.adapters import make_trl_pairwise_judge
 from service.app import create_app
-from service.contract.judging import criteria_regex, parse_criteria, parse_score
+from service.contract.judging import criteria_regex, expected_score, parse_criteria, parse_score
 from service.contract.voting import (
     CriterionScores,
     Trajectory,
@@ -114,8 +114,10 @@ def test_every_pair_is_judged_in_both_orders(client: TestClient) -> None:
         assert gaps == sorted(gaps, reverse=True)  # ranked: the largest gap first
         for c in traj["criteria"]:
             assert c["criterion"].startswith(("accuracy", "clarity", "completeness"))
-            assert c["gap"] == c["scores"]["A"] - c["scores"]["B"]
             assert all(1 <= s <= 5 for s in c["scores"].values())
+            # Read as expected digits by default: the rules judge by their gap.
+            assert all(1 <= s <= 5 for s in c["expected"].values())
+            assert c["gap"] == pytest.approx(c["expected"]["A"] - c["expected"]["B"])
     assert sum(pair["votes"].values()) == 4
     r0, r1 = body["rewards"]
     assert pair["bt_p_a"] == pytest.approx(1 / (1 + math.exp(-(r0 - r1))))
@@ -127,6 +129,51 @@ def test_one_score_for_everything_is_a_tie_in_every_trajectory(client: TestClien
     pair = client.post("/compare", json={**BODY, "samples": 2}).json()["pairs"][0]
     assert pair["preference"] == "tie" and pair["p_a"] == 0.5
     assert pair["votes"] == {"A": 0, "B": 0, "tie": 4} and not pair["position_disagreement"]
+
+
+def test_greedy_reading_judges_by_the_digits_and_asks_for_no_values(
+    client: TestClient,
+) -> None:
+    gen = generator(client)
+    body = client.post("/compare", json={**BODY, "score_reading": "greedy"}).json()
+    for traj in body["pairs"][0]["trajectories"]:
+        for c in traj["criteria"]:
+            assert c["expected"] is None and c["gap"] == c["scores"]["A"] - c["scores"]["B"]
+    assert all(not s.read_ids for call in gen.specs for s in call)
+    client.post("/compare", json=BODY)
+    ids = [s.read_ids for s in gen.specs[-1]]
+    assert all(len(i) == 5 for i in ids)  # the tokens of "1".."5", read at the score step
+    bad = client.post("/compare", json={**BODY, "score_reading": "mean"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "score_reading"
+
+
+def test_expected_scores_break_the_ties_greedy_digits_make() -> None:
+    # Both digits are 3; the judge leans towards A (more mass on 4) and the rules follow it.
+    leaning = CriterionScores("c", "", 3, 3, expected_a=3.4, expected_b=3.1)
+    assert leaning.gap == pytest.approx(0.3) and leaning.digits_only().gap == 0
+    traj = Trajectory("AB", [leaning, CriterionScores("d", "", 4, 2, 3.5, 3.45)])
+    # c's expected gap (0.3) outranks d's (0.05) though d's digits differ by 2.
+    assert [c.criterion for c in traj.ranked()] == ["c", "d"] and traj.preference() == "A"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ((0.0, 0.0, 0.0, 0.0, 0.0), 3.0),  # uniform: the middle
+        ((5.0, 5.0, 5.0, 5.0, 5.0), 3.0),  # raw logits: a constant cancels
+        ((math.log(0.5), math.log(0.5), -math.inf, -math.inf, -math.inf), 1.5),
+        ((math.log(0.1), -math.inf, -math.inf, -math.inf, math.log(0.3)), 4.0),  # (0.1 + 1.5) / 0.4
+    ],
+)
+def test_the_expected_score_by_hand(values: tuple[float, ...], expected: float) -> None:
+    assert expected_score(values) == pytest.approx(expected)
+
+
+def test_an_unreadable_digit_distribution_is_refused() -> None:
+    with pytest.raises(ValueError, match="5 digit values"):
+        expected_score((0.0, 0.0))
+    with pytest.raises(ValueError, match="finite"):
+        expected_score((-math.inf,) * 5)
 
 
 def test_identical_responses_are_a_tie_without_generation(client: TestClient) -> None:

@@ -144,3 +144,9 @@ def test_a_hint_reaches_the_training_critique_prompt_only(fmt: PromptFormatter) 
     assert "Reference check" in text and "the answer is 4, not 5" in text
     assert "Reference check" not in fmt.tokenizer.decode(plain.critique_prompt)
     assert hinted.score_prefix == plain.score_prefix  # the reward never sees a hint
+
+
+def test_the_score_digits_are_single_tokens_of_the_default_tokenizer(fmt: PromptFormatter) -> None:
+    ids = fmt.digit_ids("12345")
+    assert ids is not None and len(set(ids)) == 5
+    assert [fmt.tokenizer.decode([i]) for i in ids] == list("12345")

@@ -20,6 +20,8 @@ from trainer.syncpl import (
     label_rules,
     rsft_examples,
     segments,
+    trajectories_of,
+    trajectory_json,
 )
 
 PAIR = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5", "category": "reasoning"}
@@ -131,6 +133,22 @@ def test_compare_accuracy_counts_position_disagreement_as_a_tie() -> None:
     assert acc["pairs"] == 3 and acc["overall"] == pytest.approx(1.5 / 3)
     assert acc["position_consistent"] == pytest.approx(2 / 3)
     assert acc["per_category"] == {"reasoning": pytest.approx(0.5)}
+    assert acc["greedy"]["overall"] == acc["overall"]  # no expected scores: the same reading
+
+
+def test_expected_scores_decide_where_recorded_and_greedy_digits_are_reported_beside() -> None:
+    tied = record(("AB", 0, [(3, 3)]), ("BA", 0, [(3, 3)]))
+    tied["criteria"], tied["rubrics"] = [["accuracy"]], [["r"]]
+    tied["trajectories"][0]["expected"] = [[3.4, 3.1]]  # A (chosen) leans ahead in both orders
+    tied["trajectories"][1]["expected"] = [[3.3, 3.2]]
+    acc = compare_accuracy([tied])
+    assert acc["overall"] == 1.0 and acc["greedy"]["overall"] == 0.5
+    (ab, ba) = trajectories_of(tied)
+    assert ab.criteria[0].gap == pytest.approx(0.3) and ba.criteria[0].gap == pytest.approx(0.1)
+    assert trajectories_of(tied, digits_only=True)[0].criteria[0].gap == 0
+    assert trajectory_json(ab) == tied["trajectories"][0]
+    digits = trajectories_of(tied, digits_only=True)[0]
+    assert "expected" not in trajectory_json(digits)
 
 
 def test_dpo_over_whole_trajectories_starts_at_log_two_and_falls(
