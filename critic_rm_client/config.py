@@ -156,6 +156,7 @@ class CompareOptions(TypedDict, total=False):
     temperature: float | None
     top_p: float | None
     max_rubric_tokens: int | None
+    score_reading: Literal["expected", "greedy"] | None
 
 
 class ScoreOptions(SamplingOptions, total=False):

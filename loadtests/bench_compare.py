@@ -42,6 +42,7 @@ async def run_all(args: argparse.Namespace, pairs: list[Any]) -> list[dict[str, 
                 "num_criteria": args.num_criteria,
                 "samples": args.samples,
                 "max_rubric_tokens": args.rubric_tokens,
+                "score_reading": args.score_reading,
             }
             async with sem:
                 t0 = time.perf_counter()
@@ -90,6 +91,12 @@ def main() -> None:
     ap.add_argument("--num-criteria", type=int, default=3)
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--rubric-tokens", type=int, default=48)
+    ap.add_argument(
+        "--score-reading",
+        choices=["expected", "greedy"],
+        default="expected",
+        help="How /compare reads a 1-5 score (results before 2026-12-07 are greedy).",
+    )
     args = ap.parse_args()
     pairs = test_split(args.per_category, args.categories.split(","))
     t0 = time.perf_counter()
@@ -112,6 +119,7 @@ def main() -> None:
         "num_criteria": args.num_criteria,
         "samples": args.samples,
         "rubric_tokens": args.rubric_tokens,
+        "score_reading": args.score_reading,
         "wall_s": wall,
         "median_compare_s": statistics.median(r["seconds"] for r in rows),
         "position_disagreement_rate": disagree,

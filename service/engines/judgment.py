@@ -123,6 +123,9 @@ async def sample_scores(
                 expected.reverse()
             ea, eb = expected if None not in expected else (None, None)
             judged.append(CriterionScores(c, r, shown[0], shown[1], ea, eb))
+        if any(c.expected_a is None for c in judged):
+            # A trajectory is read one way: an expected gap never ranks against a digit gap.
+            judged = [c.digits_only() for c in judged]
         result[pair].append(Trajectory(order, judged, s))  # type: ignore[arg-type]
     return result
 

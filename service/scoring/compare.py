@@ -128,6 +128,13 @@ class Comparer:
             scores = await sample_scores(
                 generate, messages, texts, distinct, criteria, rubrics, digit_ids=digits
             )
+            if opts.score_reading == "expected" and any(
+                c.expected_a is None for ts in scores.values() for t in ts for c in t.criteria
+            ):
+                out.warnings.append(
+                    "the judge's probabilities of the digits 1-5 could not be read for some "
+                    "scores; those trajectories are judged by the digits decoded"
+                )
         metrics = self.service.metrics
         verdicts: dict[tuple[int, int], PairVerdict] = {}
         for i, j in pairs:

@@ -3,6 +3,7 @@ endpoint on fake engines (both orders judged, ties, identical responses, ranking
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from service.contract.voting import (
     majority,
     ranking,
 )
+from service.engines.base import Critique, SamplingSpec
+from service.engines.judgment import sample_scores
 from tests.fakes import FakeGenerator, loader_for, wait_ready
 from tests.unit.client_fake import serve_app
 from tests.unit.test_gateway import make_settings
@@ -267,3 +270,47 @@ def test_the_client_and_the_trl_judge_read_the_gateways_answers(checkpoint_root:
         assert 0.0 <= scores[0] <= 1.0
         with pytest.raises(TypeError, match="'num_criteria'"):
             make_trl_pairwise_judge(url, num_criterion=2)
+
+
+def _judge_favouring(text: str, unread: str = "") -> Any:
+    """A scripted judge: mass on 5 for the response `text`, on 1 for any other, wherever the
+    scored response is shown; no digit values for the criterion `unread`."""
+
+    async def generate(chats: list[list[Any]], spec: SamplingSpec) -> list[list[Critique]]:
+        out = []
+        for chat in chats:
+            user = chat[-1]["content"]
+            which = user.rsplit("Score Response ", 1)[1][0]
+            shown = user.split(f"[Response {which}]\n", 1)[1].split("\n\n", 1)[0]
+            values = (0.0, 0.0, 0.0, 0.0, 2.0) if shown == text else (2.0, 0.0, 0.0, 0.0, 0.0)
+            read = spec.read_ids and f"Criterion: {unread}\n" not in user
+            out.append([Critique("3", 1, "stop", values if read else None)])
+        return out
+
+    return generate
+
+
+def test_expected_scores_keep_the_pairs_orientation_in_both_orders() -> None:
+    messages = [{"role": "user", "content": "What is 17 + 25?"}]
+    texts = ["43", "42"]
+    digits = (1, 2, 3, 4, 5)
+
+    def run(gen: Any, ids: tuple[int, ...] | None) -> dict[tuple[int, int], list[Trajectory]]:
+        criteria, rubrics = [["c", "d"]], [["r", "r"]]
+        return asyncio.run(
+            sample_scores(gen, messages, texts, [(0, 1)], criteria, rubrics, digit_ids=ids)
+        )
+
+    trajectories = run(_judge_favouring("42"), digits)[(0, 1)]
+    assert sorted(t.order for t in trajectories) == ["AB", "BA"]
+    for t in trajectories:
+        for c in t.criteria:  # the pair's B is "42", whichever is shown first
+            assert c.expected_a is not None and c.expected_b is not None
+            assert c.expected_b > 4 > 2 > c.expected_a and c.score_a == c.score_b == 3
+    verdict = judge_pair(trajectories)
+    assert verdict.preference == "B" and not verdict.position_disagreement
+    # Without the digits' values the decoded digits decide: all 3, a tie.
+    assert judge_pair(run(_judge_favouring("42"), None)[(0, 1)]).preference == "tie"
+    # A criterion without values makes its whole trajectory read by the digits.
+    mixed = run(_judge_favouring("42", unread="d"), digits)[(0, 1)]
+    assert all(c.expected_a is None for t in mixed for c in t.criteria)

@@ -4,10 +4,8 @@ and the external-policy protocol. (Real engines: tests/integration/test_refine_h
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from service.contract.options import PolicyLimits
 from service.engines.chat_endpoint import PolicyFailure, parse_completions
 from service.scoring.errors import InvalidRequest
 from service.scoring.policy import check_policy_url
+from tests.chat_server import chat_server
 from tests.fakes import FakeGenerator, loader_for, running, wait_ready
 from tests.unit.test_gateway import make_settings
 
@@ -226,39 +225,23 @@ def test_a_completion_parses_with_its_usage() -> None:
     ]
 
 
-class _Policy(BaseHTTPRequestHandler):
-    """A local chat-completions endpoint: answers what the test sets on the server."""
-
-    def do_POST(self) -> None:
-        server: Any = self.server
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        server.seen.append((self.path, body, self.headers.get("authorization")))
-        if server.answer == "hang":
-            time.sleep(3)  # longer than the service's policy timeout
-            server.answer = (200, {"choices": [{"message": {"content": "late"}}]})
-        status, payload = server.answer
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        if 300 <= status < 400:  # a redirect to the cloud metadata address: never followed
-            self.send_header("location", "http://169.254.169.254/latest/meta-data")
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_args: Any) -> None:
-        return None
+def _answer(server: Any, _body: dict[str, Any]) -> tuple[int, Any]:
+    """What the test set on the server; "hang" answers late, after the policy timeout."""
+    if server.answer == "hang":
+        time.sleep(3)  # longer than the service's policy timeout
+        server.answer = (200, {"choices": [{"message": {"content": "late"}}]})
+    status, payload = server.answer
+    return status, payload
 
 
 @pytest.fixture()
 def policy_server() -> Iterator[Any]:
-    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Policy)
-    server.seen = []
-    server.answer = (200, {"choices": [{"message": {"content": "4"}, "finish_reason": "stop"}]})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with chat_server(_answer) as server:
+        server.answer = (
+            200,
+            {"choices": [{"message": {"content": "4"}, "finish_reason": "stop"}]},
+        )
+        yield server
 
 
 def test_an_external_policy_revises_with_the_operators_key(

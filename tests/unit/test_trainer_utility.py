@@ -6,10 +6,7 @@ tests/integration/test_trainer_e2e.py."""
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +14,7 @@ from pydantic import ValidationError
 
 from service.contract.formatting import PromptFormatter
 from service.engines.base import Critique, EngineStats, SamplingSpec
+from tests.chat_server import chat_server
 from trainer.config import ActorConfig
 from trainer.run import StageError
 from trainer.utility import (
@@ -169,37 +167,20 @@ def test_without_a_verifier_the_compare_judge_decides_in_both_orders(
     assert gen.scored == 48
 
 
-class _Actor(BaseHTTPRequestHandler):
-    """A local OpenAI-compatible actor: revises by the critique in the last user turn (the
-    script's key), n choices; HTTP 500 when the server's `fail` is set."""
-
-    def do_POST(self) -> None:
-        server: Any = self.server
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        server.seen.append((self.path, body, self.headers.get("authorization")))
-        critique = body["messages"][-1]["content"]
-        texts = next(v for k, v in server.script.items() if k in critique)
-        payload = {"choices": [{"message": {"content": t}} for t in texts[: body["n"]]]}
-        data = json.dumps(payload).encode()
-        self.send_response(500 if server.fail else 200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_args: Any) -> None:
-        return None
+def _scripted(server: Any, body: dict[str, Any]) -> tuple[int, Any]:
+    """Revisions by the critique's keyword in the script; HTTP 500 once told to fail."""
+    critique = body["messages"][-1]["content"]
+    texts = next(v for k, v in server.script.items() if k in critique)
+    payload = {"choices": [{"message": {"content": t}} for t in texts[: body["n"]]]}
+    return (500 if server.fail else 200), payload
 
 
 @pytest.fixture()
 def actor_server() -> Iterator[Any]:
-    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Actor)
-    server.seen, server.fail = [], False
-    server.script = {"FIX-IT": [RIGHT, RIGHT], "VAGUE": [WRONG, RIGHT]}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with chat_server(_scripted) as server:
+        server.fail = False
+        server.script = {"FIX-IT": [RIGHT, RIGHT], "VAGUE": [WRONG, RIGHT]}
+        yield server
 
 
 def _refine_by_actor(
