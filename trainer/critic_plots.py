@@ -51,9 +51,11 @@ def compare_panels(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> li
                 bars[label][name] = None if v is None else (v, *part["ci95"])
         return bars
 
-    panels = [("/compare accuracy (both orders)", "pairwise accuracy", bars_of(None))]
-    if any("greedy" in acc for by in results.values() for acc in by.values()):
-        panels.append(("by the greedy digits alone", "pairwise accuracy", bars_of("greedy")))
+    both = any("greedy" in acc for by in results.values() for acc in by.values())
+    served = "/compare, expected digits (served)" if both else "/compare accuracy (both orders)"
+    panels = [(served, "pairwise accuracy", bars_of(None))]
+    if both:
+        panels.append(("/compare, greedy digits alone", "pairwise accuracy", bars_of("greedy")))
     return panels
 
 

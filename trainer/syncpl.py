@@ -315,6 +315,31 @@ async def compare_accuracy_of(
         }
 
 
+def compare_table(results: Mapping[str, Mapping[str, dict[str, Any]]]) -> str:
+    """compare.json as a markdown table: per version and split, both readings of the scores."""
+    rows = [
+        "| model | split | pairs | /compare accuracy [95% CI] | position-consistent | "
+        "by greedy digits [95% CI] | position-consistent |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def cells(acc: dict[str, Any]) -> str:
+        lo, hi = acc["ci95"]
+        overall, consistent = acc["overall"], acc["position_consistent"]
+        return (
+            (f"{overall:.3f} [{lo:.2f}, {hi:.2f}]" if overall is not None else "-")
+            + " | "
+            + (f"{consistent:.2f}" if consistent is not None else "-")
+        )
+
+    for label, by_split in results.items():
+        for name, acc in by_split.items():
+            rows.append(
+                f"| {label} | {name} | {acc['pairs']} | {cells(acc)} | {cells(acc['greedy'])} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 async def compare_report(
     run: Run, trained: Path, splits: Mapping[str, Sequence[PreferencePair]]
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -333,27 +358,7 @@ async def compare_report(
     folder = run.path("eval")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-    rows = [
-        "| model | split | pairs | /compare accuracy [95% CI] | position-consistent | "
-        "by greedy digits [95% CI] | position-consistent |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-
-    def cells(acc: dict[str, Any]) -> str:
-        lo, hi = acc["ci95"]
-        overall, consistent = acc["overall"], acc["position_consistent"]
-        return (
-            (f"{overall:.3f} [{lo:.2f}, {hi:.2f}]" if overall is not None else "-")
-            + " | "
-            + (f"{consistent:.2f}" if consistent is not None else "-")
-        )
-
-    for label, by_split in out.items():
-        for name, acc in by_split.items():
-            rows.append(
-                f"| {label} | {name} | {acc['pairs']} | {cells(acc)} | {cells(acc['greedy'])} |"
-            )
-    (folder / "compare.md").write_text("\n".join(rows) + "\n")
+    (folder / "compare.md").write_text(compare_table(out))
     plot_panels(compare_panels(out), folder / "compare.png", chance=0.5)
     return out
 
