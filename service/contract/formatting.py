@@ -115,6 +115,7 @@ class PromptFormatter:
         # Special-token strings (e.g. "<|im_start|>") in client text would be tokenised as the
         # real control tokens; longest first, so a token containing another is caught whole.
         self._controls = sorted(_control_strings(tokenizer), key=len, reverse=True)
+        self._digit_ids: dict[str, tuple[int, ...] | None] = {}
         # No token covers more characters than its vocabulary string (byte-level BPE strings
         # have one character per byte), so text longer than max_model_len tokens of that size
         # cannot fit: refused (or cut) before it is tokenised at all.
@@ -190,9 +191,13 @@ class PromptFormatter:
         return max(spare)
 
     def digit_ids(self, digits: str) -> tuple[int, ...] | None:
-        """The token id of each digit when every one is a single token, else None."""
-        ids = [self.encode(d) for d in digits]
-        return tuple(i[0] for i in ids) if all(len(i) == 1 for i in ids) else None
+        """The token id of each digit when every one is a single token, else None; tokenised
+        once per formatter, since every /compare and every judged pair asks."""
+        if digits not in self._digit_ids:
+            ids = [self.encode(d) for d in digits]
+            one = all(len(i) == 1 for i in ids)
+            self._digit_ids[digits] = tuple(i[0] for i in ids) if one else None
+        return self._digit_ids[digits]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
