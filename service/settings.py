@@ -38,12 +38,14 @@ class Settings(BaseSettings):
     verify_hashes: bool = Field(True, description="Check sha256 of every weight file on load.")
 
     # --- engines
-    engine_layout: Literal["auto", "two", "one"] = Field(
+    engine_layout: Literal["auto", "two", "one", "fused"] = Field(
         "auto",
         description="two: a generator engine and a pooling scorer engine (two copies of the "
         "weights); one: one generate engine whose reserved token's logit is the reward (one "
-        "copy, the scorer's dtype); auto: one where the generator would run in the scorer's "
-        "dtype anyway (CPUs without native bf16), else two (/info says which).",
+        "copy, the scorer's dtype); fused: that engine reading the reward while it generates "
+        "the critique (checkpoint format 2; a format-1 checkpoint is served on one); auto: one "
+        "where the generator would run in the scorer's dtype anyway (CPUs without native "
+        "bf16), else two (/info says which).",
     )
     generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
     scorer_backend: Literal["vllm", "torch"] = Field(
@@ -206,7 +208,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    def layout(self) -> Literal["two", "one"]:
+    def layout(self) -> Literal["two", "one", "fused"]:
         """The engine layout served, with `auto` resolved for this machine."""
         if self.engine_layout != "auto":
             return self.engine_layout

@@ -18,7 +18,7 @@ from service.checkpoint.critique_format import VERDICT_REGEX
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.contract.judging import SCORE_REGEX
 from service.engines.base import Critique, EngineStats, SamplingSpec
-from service.engines.factory import load_formatter
+from service.engines.factory import load_formatter, served_layout
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -103,8 +103,13 @@ class FakeScorer:
 def fake_runtime(version: CheckpointVersion, settings: Settings, tag: bool = False) -> ModelRuntime:
     """`tag`: critiques name the model version, so a test can tell which version made them."""
     gen = FakeGenerator(tag=f" by {version.manifest.model_version}" if tag else "")
+    config = settings.engine_config()
     return ModelRuntime(
-        version, load_formatter(version, settings.engine_config()), gen, FakeScorer()
+        version,
+        load_formatter(version, config),
+        gen,
+        FakeScorer(),
+        served_layout(version, config),
     )
 
 

@@ -132,6 +132,11 @@ class TrainConfig(_Section):
         "then DPO with train.preference.loss dpo) beside a Bradley-Terry reward head.",
     )
     epochs: int = Field(2, ge=1, description="K in the paper's λ(t) schedule.")
+    format_version: Literal[1, 2] = Field(
+        1,
+        description="Checkpoint format: 1 reads the reward with a critique on the scorer "
+        "sequence; 2 after the critique's own ids in the generator's (the fused layout).",
+    )
     beta: float = Field(0.9, ge=0, le=1, description="How far λ falls in the last epoch.")
     constant_lambda: float | None = Field(None, ge=0, le=1, description="Ablation: fixed λ.")
     lr: float = Field(2e-4, gt=0, description="Learning rate of the adapter or backbone.")
@@ -272,10 +277,11 @@ class ExportConfig(_Section):
 
 
 class EngineConfig(_Section):
-    layout: Literal["two", "one"] = Field(
+    layout: Literal["two", "one", "fused"] = Field(
         "two",
         description="The service's engine layout for critique sampling and evaluation: two "
-        "(generator + pooling scorer) or one (one engine, the reward read as a token's logit).",
+        "(generator + pooling scorer), one (one engine, the reward read as a token's logit) or "
+        "fused (that engine reading a format-2 reward while it generates).",
     )
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0

@@ -109,8 +109,8 @@ async def score_responses(
             critiques = [[c.text for c in cs] for cs in out]
         seqs = []
         for e, cs in zip(enc, critiques, strict=True):
-            seqs.append(fmt.score_ids(e.score_prefix, None))
-            seqs += [fmt.score_ids(e.score_prefix, c) for c in cs]
+            seqs.append(fmt.critique_score_ids(e, None))
+            seqs += [fmt.critique_score_ids(e, c) for c in cs]
         flat, _ = await scorer.score(seqs)
     finally:
         if generator is not None:

@@ -158,7 +158,7 @@ def build_examples(
         category = str(pair.get("category", "general"))
 
         def score(side: str, critique: str | None) -> list[int]:
-            return fmt.score_ids(enc[side].score_prefix, critique)  # noqa: B023 (used at once)
+            return fmt.critique_score_ids(enc[side], critique)  # noqa: B023 (used at once)
 
         if not with_critiques:
             examples.append(PairExample(category, score("chosen", None), score("rejected", None)))

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from service.checkpoint.manifest import RewardStats, SamplingDefaults, Templates
+from service.checkpoint.manifest import FORMAT_VERSION, RewardStats, SamplingDefaults, Templates
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from trainer.model import apply_delta, read_delta
 
@@ -73,6 +73,7 @@ def assemble(
         reward_head_trained=True,
         templates=Templates.model_validate(meta["templates"]),
         reward_token=meta["reward_token"],
+        format_version=meta.get("format_version", FORMAT_VERSION),
         sampling=SamplingDefaults.model_validate(meta["sampling"]),
         reward_stats=RewardStats(mean=stats["mean"], std=stats["std"]) if stats else None,
         metrics={

@@ -199,7 +199,7 @@ def stage_train(run: Run) -> dict[str, Any]:
 
     cfg, t = run.cfg, run.cfg.train
     version = base_version(run)
-    fmt = load_formatter(version, engine_config(run))
+    fmt = load_formatter(version, engine_config(run), fused=t.format_version == 2)
     critic = t.mode == "critic"
     if critic:
         records = read_json_lines(run.path("refined.jsonl"))
@@ -278,6 +278,7 @@ def stage_train(run: Run) -> dict[str, Any]:
             "base_model": cfg.base_model,
             "templates": manifest.templates.model_dump(),
             "reward_token": manifest.reward_token,
+            "format_version": t.format_version,
             "sampling": SamplingDefaults(
                 max_critique_tokens=cfg.sampling.max_tokens,
                 temperature=cfg.sampling.temperature,

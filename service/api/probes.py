@@ -76,7 +76,8 @@ async def info(service: Service, model: Model) -> dict[str, Any]:
             "max_model_len": s.max_model_len,
         },
         "engines": {
-            "layout": s.layout(),
+            # The layout served: a format-1 checkpoint asked to run fused runs on one.
+            "layout": model.runtime.layout if model.runtime is not None else s.layout(),
             "layout_setting": s.engine_layout,
             "generator": {"backend": s.generator_backend, "dtype": model.generator_dtype},
             "scorer": {"backend": s.scorer_backend, "dtype": s.scorer_dtype},

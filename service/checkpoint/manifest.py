@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.checkpoint.critique_format import CRITIQUE_USER
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
+# Format 2 reads the reward with a critique at the reward token that follows the critique's own
+# token ids: [critique prompt(x, y); z; end of turn; reward token], the sequence the generator
+# has just written, so the fused layout reads it during generation from the critique's own KV.
+# Format 1 reads it on the scorer sequence [chat(x, y); critique_prefix; z; critique_suffix;
+# reward token]. Both read the critique-free reward on [chat(x, y); reward token].
+FUSED_FORMAT: Literal[2] = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, FUSED_FORMAT)
 MANIFEST_FILE = "manifest.json"
 READY_FILE = "READY"
 GENERATOR_DIR = "generator"
@@ -23,8 +30,10 @@ class Templates(BaseModel):
     """How (prompt x, response y, critique z) become engine inputs.
 
     Generator input: the tokenizer's chat template over [system, user] built from these strings.
-    Scorer input: chat(x + [assistant: y]) + critique_prefix + z + critique_suffix + reward token,
-    or chat(x + [assistant: y]) + reward token when no critique is used (m = 0).
+    Scorer input (format 1): chat(x + [assistant: y]) + critique_prefix + z + critique_suffix +
+    reward token; format 2: the generator input + z + end of turn + reward token (the prefix and
+    suffix strings are unused); both: chat(x + [assistant: y]) + reward token when no critique
+    is used (m = 0).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,7 +77,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    format_version: int = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     model_version: str
     base_model: str
     created_at: str
@@ -83,6 +92,11 @@ class Manifest(BaseModel):
         default_factory=dict, description="sha256 of every weight file, by path in the version."
     )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation results.")
+
+    @property
+    def fused(self) -> bool:
+        """Whether the reward with a critique is read after the critique's own token ids."""
+        return self.format_version == FUSED_FORMAT
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

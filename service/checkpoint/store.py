@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.checkpoint.manifest import FORMAT_VERSION, MANIFEST_FILE, READY_FILE, Manifest
+from service.checkpoint.manifest import FORMAT_VERSIONS, MANIFEST_FILE, READY_FILE, Manifest
 
 VERSIONS_DIR = "versions"
 _VERSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -74,10 +74,10 @@ def load_version(path: Path, verify_hashes: bool = True) -> CheckpointVersion:
         raise CheckpointError(f"{path}: {MANIFEST_FILE} is missing") from exc
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: {MANIFEST_FILE} is not valid JSON: {exc}") from exc
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in FORMAT_VERSIONS:
         raise CheckpointError(
             f"{path}: manifest format_version {raw.get('format_version')!r}, "
-            f"this service reads {FORMAT_VERSION}"
+            f"this service reads {' and '.join(map(str, FORMAT_VERSIONS))}"
         )
     try:
         manifest = Manifest.model_validate(raw)

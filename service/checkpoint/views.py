@@ -12,13 +12,14 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from service.checkpoint.manifest import (
+    FORMAT_VERSION,
     GENERATOR_DIR,
     REWARD_HEAD_FILE,
     REWARD_HEAD_KEY,
@@ -106,9 +107,19 @@ def weight_hashes(version_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def version_id(prefix: str, files: dict[str, str], templates: Templates, reward_token: str) -> str:
-    """Content-derived id: the same weights and templates always get the same version."""
-    blob = json.dumps([files, templates.model_dump(), reward_token], sort_keys=True).encode()
+def version_id(
+    prefix: str,
+    files: dict[str, str],
+    templates: Templates,
+    reward_token: str,
+    format_version: int = FORMAT_VERSION,
+) -> str:
+    """Content-derived id: the same weights, templates and format always get the same version
+    (format 1 hashes as it always did, so existing ids stay)."""
+    parts: list[object] = [files, templates.model_dump(), reward_token]
+    if format_version != FORMAT_VERSION:
+        parts.append(format_version)
+    blob = json.dumps(parts, sort_keys=True).encode()
     slug = re.sub(r"[^a-z0-9]+", "-", prefix.lower()).strip("-") or "model"
     return f"{slug}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -124,6 +135,7 @@ def build_version(
     reward_head_trained: bool,
     templates: Templates | None = None,
     reward_token: str = "<|endoftext|>",
+    format_version: Literal[1, 2] = FORMAT_VERSION,
     sampling: SamplingDefaults | None = None,
     reward_stats: RewardStats | None = None,
     metrics: dict[str, Any] | None = None,
@@ -142,7 +154,8 @@ def build_version(
         write_scorer_view(staging / GENERATOR_DIR, staging / SCORER_DIR, reward_head)
         files = weight_hashes(staging)
         manifest = Manifest(
-            model_version=version_id(name, files, templates, reward_token),
+            model_version=version_id(name, files, templates, reward_token, format_version),
+            format_version=format_version,
             base_model=base_model,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             templates=templates,

@@ -103,11 +103,20 @@ class PromptFormatter:
     """Templates + tokenizer of one checkpoint version."""
 
     def __init__(
-        self, tokenizer: Any, templates: Templates, reward_token: str, max_model_len: int
+        self,
+        tokenizer: Any,
+        templates: Templates,
+        reward_token: str,
+        max_model_len: int,
+        *,
+        fused: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.templates = templates
         self.max_model_len = max_model_len
+        # Checkpoint format 2 (manifest.FUSED_FORMAT): the reward with a critique is read after
+        # the critique's own ids, in the generator's sequence.
+        self.fused = fused
         ids = self.encode(reward_token)
         if len(ids) != 1:
             raise ValueError(f"reward token {reward_token!r} is not a single token: {ids}")
@@ -131,6 +140,14 @@ class PromptFormatter:
         self._default_system = (
             probe[0] if len(probe) == 2 and probe[0]["role"] == "system" else None
         )
+        # What closes a critique in format 2: the template's end of turn (a critique that runs
+        # out of tokens gets it too), then the reward token.
+        end = self.encode(self.markers.end) if self.markers is not None else []
+        eos = end[0] if end else tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has neither a chat end-of-turn nor an EOS token")
+        self.end_of_turn_id: int = eos
+        self.fused_tail = [eos, *self.reward_ids]
 
     # ---- client text
     def neutralise(self, text: str) -> str:
@@ -316,6 +333,26 @@ class PromptFormatter:
         body = body[: max(room, 0)]
         return prefix + self._prefix_ids + body + self._suffix_ids + self.reward_ids
 
+    def critique_score_ids(
+        self, item: EncodedItem, critique: str | Sequence[int] | None
+    ) -> list[int]:
+        """The scorer sequence of `item` with `critique` (text, or the generated token ids) as
+        this checkpoint's format reads it: format 1, score_ids; format 2, the generator input +
+        the critique's ids + end of turn + reward token, the sequence a fused engine has just
+        generated. Without a critique, [x; y] + reward token in both."""
+        if not self.fused or critique is None:
+            if critique is None or isinstance(critique, str):
+                return self.score_ids(item.score_prefix, critique)
+            text = str(self.tokenizer.decode(list(critique), skip_special_tokens=True))
+            return self.score_ids(item.score_prefix, text)
+        if not item.critique_prompt:
+            raise ValueError("a format-2 reward with a critique needs the item's critique prompt")
+        body = (
+            self.encode(self.neutralise(critique)) if isinstance(critique, str) else list(critique)
+        )
+        room = self.max_model_len - len(item.critique_prompt) - len(self.fused_tail)
+        return item.critique_prompt + body[: max(room, 0)] + self.fused_tail
+
     def overhead(self, max_critique_tokens: int) -> int:
         """Tokens the scorer adds to [x; y] besides the critique itself, plus a safety margin."""
         return len(self._prefix_ids) + len(self._suffix_ids) + 1 + max_critique_tokens + 8
@@ -339,6 +376,8 @@ class PromptFormatter:
             messages, truncated = _trim_chars(messages, self.max_chars), True
         budget = self.max_model_len
         gen_extra = max_critique_tokens if num_critiques > 0 else 0
+        if self.fused and num_critiques > 0:
+            gen_extra += len(self.fused_tail)  # the generator writes the tail, too
         score_extra = self.overhead(max_critique_tokens) if num_critiques > 0 else 1
         while True:
             crit = self.critique_prompt_ids(messages, response, hint) if num_critiques > 0 else []

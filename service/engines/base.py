@@ -43,6 +43,8 @@ class Critique:
     num_tokens: int
     finish_reason: str
     first_values: tuple[float, ...] | None = None  # SamplingSpec.read_ids' values, in order
+    # Its reward, where the engine read it while generating (the fused layout); else scored.
+    reward: float | None = None
 
 
 @dataclass

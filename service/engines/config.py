@@ -21,8 +21,9 @@ def all_cpus() -> str:
 class EngineConfig:
     """How to start the engines of one checkpoint version (CRM_* settings document each)."""
 
-    # two: a generator and a pooling scorer engine; one: one engine, one copy of the weights.
-    engine_layout: Literal["two", "one"] = "two"
+    # two: a generator and a pooling scorer engine; one: one engine, one copy of the weights;
+    # fused: that engine, reading a format-2 checkpoint's rewards while generating.
+    engine_layout: Literal["two", "one", "fused"] = "two"
     scorer_backend: Literal["vllm", "torch"] = "vllm"
     generator_dtype: str = "auto"
     scorer_dtype: str = "float32"

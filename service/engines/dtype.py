@@ -51,7 +51,7 @@ def cuda_available() -> bool:
 def generator_dtype(config: EngineConfig) -> str:
     """The generator's dtype for this machine, with `auto` resolved; the one-engine layout's
     generator is the scorer, in the scorer's dtype."""
-    if config.engine_layout == "one":
+    if config.engine_layout in ("one", "fused"):
         return config.scorer_dtype
     return resolve_generator_dtype(config.generator_dtype, not cuda_available(), cpu_flags())
 
@@ -63,15 +63,19 @@ def resolve_layout(
     scorer_backend: str,
     on_cpu: bool,
     flags: frozenset[str],
-) -> Literal["two", "one"]:
+) -> Literal["two", "one", "fused"]:
     """`auto` -> the faster layout whose rewards equal the reference, by what was measured
     (docs/performance.md, "Engine layouts"): `one` where the generator would run in the
     scorer's dtype anyway (a CPU without native bf16: 1.06x the pairs/s of two, half the
     memory and start-up), `two` where critiques can run in bfloat16 beside float32 rewards
     (one engine in float32 made 0.85x of two's pairs/s on an AVX512-BF16 EPYC; in bfloat16 its
     rewards drift from the reference). The torch reference scorer needs `two`."""
-    if requested in ("two", "one"):
-        return "one" if requested == "one" else "two"
+    if requested == "one":
+        return "one"
+    if requested == "fused":
+        return "fused"
+    if requested == "two":
+        return "two"
     if scorer_backend != "vllm":
         return "two"
     same = resolve_generator_dtype(generator_dtype, on_cpu, flags) == scorer_dtype

@@ -16,15 +16,32 @@ if TYPE_CHECKING:
     from service.engines.vllm_engines import VllmCritiqueGenerator, VllmLogitScorer
 
 log = logging.getLogger(__name__)
+ONE_ENGINE = ("one", "fused")
 
 
-def load_formatter(version: CheckpointVersion, config: EngineConfig) -> PromptFormatter:
+def served_layout(version: CheckpointVersion, config: EngineConfig) -> str:
+    """The layout `version` is served on: `fused` needs a checkpoint of format 2 (the reward
+    read after the critique's own ids); a format-1 checkpoint runs on `one` instead."""
+    if config.engine_layout == "fused" and not version.manifest.fused:
+        return "one"
+    return config.engine_layout
+
+
+def load_formatter(
+    version: CheckpointVersion, config: EngineConfig, fused: bool | None = None
+) -> PromptFormatter:
+    """The version's formatter; `fused` overrides the format the manifest states (the trainer
+    builds a format-2 version's sequences on a format-1 base)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(version.generator_path)
     manifest = version.manifest
     return PromptFormatter(
-        tokenizer, manifest.templates, manifest.reward_token, config.max_model_len
+        tokenizer,
+        manifest.templates,
+        manifest.reward_token,
+        config.max_model_len,
+        fused=manifest.fused if fused is None else fused,
     )
 
 
@@ -34,7 +51,7 @@ def load_generator(version: CheckpointVersion, config: EngineConfig) -> Critique
     from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
-    if config.engine_layout == "one":
+    if config.engine_layout in ONE_ENGINE:
         return _load_one(version, config, load_formatter(version, config))[0]
     return _load_generator(version, config)
 
@@ -45,7 +62,7 @@ def load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScore
     from service.engines.vllm_engines import VllmLogitScorer, configure_cpu_env
 
     configure_cpu_env(config)
-    if config.engine_layout == "one":
+    if config.engine_layout in ONE_ENGINE:
         _, scorer = _load_one(version, config, load_formatter(version, config))
         return VllmLogitScorer(scorer.engine, scorer.token, owns_engine=True)
     return _load_scorer(version, config)
@@ -54,15 +71,26 @@ def load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScore
 def _load_one(
     version: CheckpointVersion, config: EngineConfig, formatter: PromptFormatter
 ) -> tuple[VllmCritiqueGenerator, VllmLogitScorer]:
-    from service.engines.vllm_engines import load_one_engine
+    from service.engines.vllm_engines import FusedTail, load_one_engine
     from service.engines.vllm_plugin import check_backbone
 
     if config.scorer_backend != "vllm":
-        raise ValueError("engine layout 'one' scores on the vLLM engine: scorer backend vllm")
+        raise ValueError(
+            f"engine layout {config.engine_layout!r} scores on the vLLM engine: scorer backend vllm"
+        )
     check_backbone(version.generator_path)
     token = formatter.reward_logit_id()
     log.info("one engine: the reward is token %d's logit", token)
-    return load_one_engine(version.scorer_path, config, token)
+    fused = None
+    if served_layout(version, config) == "fused":
+        tokenizer = formatter.tokenizer
+        fused = FusedTail(
+            tail=(*formatter.fused_tail, token),
+            decode=lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+        )
+    elif config.engine_layout == "fused":
+        log.warning("%s is checkpoint format 1: served on layout one", version.path.name)
+    return load_one_engine(version.scorer_path, config, token, fused)
 
 
 def _load_generator(version: CheckpointVersion, config: EngineConfig) -> CritiqueGenerator:
@@ -90,7 +118,7 @@ async def load_engines(
     from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
-    if config.engine_layout == "one":
+    if config.engine_layout in ONE_ENGINE:
         return await asyncio.to_thread(_load_one, version, config, formatter)
     gen_task = asyncio.ensure_future(asyncio.to_thread(_load_generator, version, config))
     scorer_task = asyncio.ensure_future(asyncio.to_thread(_load_scorer, version, config))

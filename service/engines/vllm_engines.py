@@ -1,8 +1,9 @@
 """vLLM engines. Layout `two`: an AsyncLLM generator over the generator view and an AsyncLLM
 pooling engine over the scorer view. Layout `one`: one generate AsyncLLM over the scorer view
 whose model writes the reward into a reserved token's logit (reward_logit_model), serving both.
-Each engine core runs in a child process; only light async bookkeeping happens on the gateway's
-event loop."""
+Layout `fused`: that engine, whose critique requests also end with the forced tail of checkpoint
+format 2 (fused_tail) and so return their reward. Each engine core runs in a child process;
+only light async bookkeeping happens on the gateway's event loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,9 +45,15 @@ def _on_cpu() -> bool:
 
 
 def engine_args(
-    model: Path, config: EngineConfig, *, pooling: bool, reward_logit_id: int | None = None
+    model: Path,
+    config: EngineConfig,
+    *,
+    pooling: bool,
+    reward_logit_id: int | None = None,
+    fused: bool = False,
 ) -> Any:
-    """A generator's, a pooling scorer's, or (``reward_logit_id`` given) the one engine's."""
+    """A generator's, a pooling scorer's, or (``reward_logit_id`` given) the one engine's, with
+    the fused layout's logits processor (``fused``)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     one = reward_logit_id is not None
@@ -69,6 +77,10 @@ def engine_args(
         kwargs["hf_overrides"] = {"architectures": [ARCHITECTURE], TOKEN_KEY: reward_logit_id}
         # T's value is read from the raw logits, copied before logit_bias and temperature.
         kwargs["logprobs_mode"] = "raw_logits"
+        if fused:
+            from service.engines.vllm_plugin import TAIL_PROCESSOR
+
+            kwargs["logits_processors"] = [TAIL_PROCESSOR]
     if _on_cpu():
         kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GiB)
     else:
@@ -97,13 +109,50 @@ async def _last(stream: AsyncIterator[T]) -> T:
     return final
 
 
-class VllmCritiqueGenerator:
-    """Critique sampling on a vLLM AsyncLLM: one request per item, n=m, FINAL_ONLY outputs."""
+@dataclass(frozen=True)
+class FusedTail:
+    """The fused layout's critique ending: `tail` is [end of turn, reward token, T]; the value
+    of T when it is forced is the reward. `decode` turns a critique's ids into its text."""
 
-    def __init__(self, engine: Any, banned_token: int | None = None) -> None:
+    tail: tuple[int, ...]
+    decode: Callable[[list[int]], str]
+
+    @property
+    def token(self) -> int:
+        return self.tail[-1]
+
+    def extra_args(self, budget: int) -> dict[str, Any]:
+        from service.engines.vllm_plugin import TAIL_KEY
+
+        banned = list(self.tail[1:])  # a free critique never writes the reward token or T
+        return {TAIL_KEY: {"budget": budget, "tail": list(self.tail), "banned": banned}}
+
+    def critique(self, ids: Sequence[int], logprobs: Any, budget: int) -> Critique:
+        """One completion as a critique with its reward; without a whole tail (the context
+        ran out), a critique without a reward, which the scorer then scores."""
+        n = len(self.tail)
+        whole = len(ids) >= n and tuple(ids[-n:]) == self.tail
+        body = list(ids[:-n]) if whole else [t for t in ids if t not in self.tail]
+        reward = None
+        if whole and logprobs and self.token in logprobs[-1]:
+            reward = float(logprobs[-1][self.token].logprob)
+        finish = "stop" if len(body) < budget else "length"
+        return Critique(self.decode(body).strip(), len(body), finish, reward=reward)
+
+
+class VllmCritiqueGenerator:
+    """Critique sampling on a vLLM AsyncLLM: one request per item, n=m, FINAL_ONLY outputs.
+    With `fused` (the fused layout), an unconstrained critique request ends with the forced
+    tail and returns each critique's reward; a constrained one (regex, read_ids) is sampled as
+    on the one engine, and its reward is scored afterwards."""
+
+    def __init__(
+        self, engine: Any, banned_token: int | None = None, fused: FusedTail | None = None
+    ) -> None:
         self.engine = engine
         # The one engine's reward token: its logit is a reward, never a critique's next token.
         self.logit_bias = None if banned_token is None else {banned_token: -100.0}
+        self.fused = fused
 
     @classmethod
     def load(cls, model: Path, config: EngineConfig) -> VllmCritiqueGenerator:
@@ -120,7 +169,33 @@ class VllmCritiqueGenerator:
 
         stats = EngineStats()
 
+        async def fused(ids: list[int], spec: SamplingSpec, tail: FusedTail) -> list[Critique]:
+            params = SamplingParams(
+                n=spec.n,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=spec.max_tokens + len(tail.tail),
+                # The tail processor ends the critique; the request stops on T.
+                ignore_eos=True,
+                stop_token_ids=[tail.token],
+                logit_bias=self.logit_bias,
+                logprob_token_ids=[tail.token],
+                detokenize=False,
+                extra_args=tail.extra_args(spec.max_tokens),
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            out = await _last(
+                self.engine.generate(
+                    TokensPrompt(prompt_token_ids=ids), params, request_id=f"gen-{uuid.uuid4()}"
+                )
+            )
+            stats.prompt_tokens += len(ids)
+            stats.cached_prompt_tokens += out.num_cached_tokens or 0
+            return [tail.critique(c.token_ids, c.logprobs, spec.max_tokens) for c in out.outputs]
+
         async def one(ids: list[int], spec: SamplingSpec) -> list[Critique]:
+            if self.fused is not None and not spec.regex and not spec.read_ids:
+                return await fused(ids, spec, self.fused)
             # No per-request seed: on vLLM-CPU it kills the worker ("CPU Generator does not
             # use offset"); sampling uses the engine's seeded generator instead.
             params = SamplingParams(
@@ -260,12 +335,14 @@ class VllmLogitScorer:
 
 
 def load_one_engine(
-    model: Path, config: EngineConfig, token: int
+    model: Path, config: EngineConfig, token: int, fused: FusedTail | None = None
 ) -> tuple[VllmCritiqueGenerator, VllmLogitScorer]:
-    """The one engine over the scorer view, as a generator and a scorer."""
+    """The one engine over the scorer view, as a generator and a scorer; with `fused`, its
+    critiques come with their rewards."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     engine = AsyncLLM.from_engine_args(
-        engine_args(model, config, pooling=False, reward_logit_id=token)
+        engine_args(model, config, pooling=False, reward_logit_id=token, fused=fused is not None)
     )
-    return VllmCritiqueGenerator(engine, banned_token=token), VllmLogitScorer(engine, token)
+    generator = VllmCritiqueGenerator(engine, banned_token=token, fused=fused)
+    return generator, VllmLogitScorer(engine, token)

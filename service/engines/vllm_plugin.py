@@ -11,6 +11,10 @@ from pathlib import Path
 ARCHITECTURE = "CriticRMForCausalLM"
 # The hf_overrides key naming T, the token whose logit carries the reward (reward_logit_model).
 TOKEN_KEY = "critic_rm_reward_logit_id"
+# The fused layout's logits processor (loaded by name in the engine process) and the
+# SamplingParams.extra_args key by which a critique request asks for it.
+TAIL_PROCESSOR = "service.engines.fused_tail:FusedTailProcessor"
+TAIL_KEY = "critic_rm_fused_tail"
 # The backbones whose vLLM class CriticRMForCausalLM subclasses (vLLM runs Mistral checkpoints
 # on its Llama class too); any other architecture would load into the wrong class.
 BACKBONES = frozenset({"LlamaForCausalLM", "MistralForCausalLM"})

@@ -163,7 +163,7 @@ class ModelManager:
             old, self.runtime = self.runtime, runtime
             m = runtime.manifest
             self.metrics.set_model(
-                m.model_version, m.base_model, m.reward_head_trained, self.settings.layout()
+                m.model_version, m.base_model, m.reward_head_trained, runtime.layout
             )
             self.health.serving()
             self.metrics.reloads.labels("ok").inc()

@@ -12,7 +12,7 @@ from service.checkpoint.manifest import Manifest
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.contract.formatting import PromptFormatter
 from service.engines.base import CritiqueGenerator, RewardScorer
-from service.engines.factory import load_engines, load_formatter
+from service.engines.factory import load_engines, load_formatter, served_layout
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class ModelRuntime:
     formatter: PromptFormatter
     generator: CritiqueGenerator
     scorer: RewardScorer
+    layout: str = "two"  # the engine layout it is served on (factory.served_layout)
     active: int = field(default=0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -88,4 +89,4 @@ async def load_runtime(settings: Settings, version: str | None = None) -> ModelR
     config = settings.engine_config()
     formatter = await asyncio.to_thread(load_formatter, ckpt, config)
     generator, scorer = await load_engines(ckpt, config, formatter)
-    return ModelRuntime(ckpt, formatter, generator, scorer)
+    return ModelRuntime(ckpt, formatter, generator, scorer, served_layout(ckpt, config))

@@ -1,5 +1,6 @@
 """One engine batch: sample m critiques per item (one request, n=m), then score every
-[x; y; z_j; reward token] of the batch together, then average per item."""
+[x; y; z_j; reward token] of the batch together (except critiques whose reward the fused layout
+read while generating them), then average per item."""
 
 from __future__ import annotations
 
@@ -189,28 +190,42 @@ class BatchRunner:
             m.generate_seconds.observe(time.perf_counter() - t0)
 
         def build() -> list[list[int]]:
+            # A critique whose reward the engine read while generating it (the fused layout)
+            # needs no scoring pass.
             seqs: list[list[int]] = []
             for i, w in enumerate(items):
-                prefix = w.encoded.score_prefix
-                if i in critiques:
-                    seqs.extend(runtime.formatter.score_ids(prefix, c.text) for c in critiques[i])
-                else:
-                    seqs.append(runtime.formatter.score_ids(prefix, None))
+                if i not in critiques:
+                    seqs.append(runtime.formatter.critique_score_ids(w.encoded, None))
+                    continue
+                seqs.extend(
+                    runtime.formatter.critique_score_ids(w.encoded, c.text)
+                    for c in critiques[i]
+                    if c.reward is None
+                )
             return seqs
 
         t0 = time.perf_counter()
         sequences = await asyncio.to_thread(build)
         m.stage_seconds.labels("score_inputs").observe(time.perf_counter() - t0)
-        m.batch_sequences.observe(len(sequences))
-        t0 = time.perf_counter()
-        try:
-            rewards, stats = await runtime.scorer.score(sequences)
-        except Exception:
-            m.engine_errors.labels(stage="score").inc()
-            raise
-        m.score_seconds.observe(time.perf_counter() - t0)
-        m.prompt_tokens.labels("scorer", "total").inc(stats.prompt_tokens)
-        m.prompt_tokens.labels("scorer", "cached").inc(stats.cached_prompt_tokens)
+        scored: list[float] = []
+        if sequences:
+            m.batch_sequences.observe(len(sequences))
+            t0 = time.perf_counter()
+            try:
+                scored, stats = await runtime.scorer.score(sequences)
+            except Exception:
+                m.engine_errors.labels(stage="score").inc()
+                raise
+            m.score_seconds.observe(time.perf_counter() - t0)
+            m.prompt_tokens.labels("scorer", "total").inc(stats.prompt_tokens)
+            m.prompt_tokens.labels("scorer", "cached").inc(stats.cached_prompt_tokens)
+        fresh = iter(scored)
+        rewards: list[float] = []
+        for i in range(len(items)):
+            if i not in critiques:
+                rewards.append(next(fresh))
+            else:
+                rewards += [next(fresh) if c.reward is None else c.reward for c in critiques[i]]
 
         results: list[ItemResult] = []
         pos = 0

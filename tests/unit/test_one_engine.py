@@ -143,7 +143,7 @@ def test_alone_the_generator_or_the_scorer_owns_the_one_engine(
 
     started: list[tuple[Path, int]] = []
 
-    def fake_load_one(model: Path, config: EngineConfig, token: int) -> Any:
+    def fake_load_one(model: Path, config: EngineConfig, token: int, fused: Any = None) -> Any:
         started.append((model, token))
         engine = _Engine()
         return (
