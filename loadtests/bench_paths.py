@@ -9,8 +9,9 @@ Paths (same checkpoint, pairs, m, critique length and sampling settings):
   c  assemble-it-yourself: two `vllm serve` processes and an async client
   d  the engine-only ceiling: critic-rm's vLLM engines in-process, whole workload at once
   a and d run once per engine layout in --layouts (two: generator + pooling scorer; one: one
-  engine whose reserved token's logit is the reward; one:bfloat16: that engine in bfloat16),
-  named e.g. d:engine-only[one]
+  engine whose reserved token's logit is the reward; fused: that engine reading each reward
+  while it generates the critique, on a format-2 copy of the checkpoint; one:bfloat16: the one
+  engine in bfloat16), named e.g. d:engine-only[one]
   e  m = 0, the standard-RM path, on a, c and d; and OpenRLHF's serve_rm when --openrlhf-src is given
 
 For each: pairs/s, p50/p99 latency, machine CPU-seconds per pair, prompt tokens submitted and
@@ -26,7 +27,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,35 +43,56 @@ TIGHT = 2e-3  # float32 vLLM pooling vs torch float32 on the same tokens (measur
 
 
 def reference_check(
-    checkpoint_root: Path, runs: list[tuple[PathRun, list[dict[str, Any]]]], w: Workload, k: int
+    runs: list[tuple[PathRun, list[dict[str, Any]], Path]], w: Workload, k: int
 ) -> dict[str, dict[str, float]]:
     """Rescore each m > 0 path's own critiques for its first k pairs with the torch float32
-    reference scorer; max and mean absolute difference of the per-critique rewards."""
+    reference scorer, on the version and checkpoint format the path served (a fused reward on
+    the very ids it was read after); max and mean absolute difference of the per-critique
+    rewards."""
     from service.checkpoint.store import CheckpointRoot
     from service.engines.factory import load_formatter
     from service.engines.torch_scorer import TorchRewardScorer
     from service.settings import Settings
 
-    version = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
-    fmt = load_formatter(version, Settings(checkpoint_root=checkpoint_root).engine_config())
-    ref = TorchRewardScorer.load(version.scorer_path, "float32")
     out: dict[str, dict[str, float]] = {}
-    for run, results in runs:
+    for run, results, root in runs:
+        version = CheckpointRoot(root).resolve(None, verify_hashes=False)
+        fmt = load_formatter(version, Settings(checkpoint_root=root).engine_config())
         seqs: list[list[int]] = []
         got: list[float] = []
         for p, res in zip(w.pairs[:k], results[:k], strict=False):
-            prefix = fmt.encode_item(p.prompt, p.response, w.max_tokens, w.m).score_prefix
-            seqs += [fmt.score_ids(prefix, t) for t in res["critiques"]]
+            item = fmt.encode_item(p.prompt, p.response, w.max_tokens, w.m)
+            ids = res.get("critique_ids") or [None] * len(res["critiques"])
+            seqs += [
+                fmt.critique_score_ids(item, z if z is not None else t)
+                for t, z in zip(res["critiques"], ids, strict=True)
+            ]
             got += res["critique_rewards"]
-        want = ref.score_sync(seqs)
+        ref = TorchRewardScorer.load(version.scorer_path, "float32")
+        try:
+            want = ref.score_sync(seqs)
+        finally:
+            ref.shutdown()
         diffs = [abs(a - b) for a, b in zip(got, want, strict=True)]
         out[run.path] = {
             "critiques_checked": len(diffs),
             "max_abs_diff": max(diffs),
             "mean_abs_diff": sum(diffs) / len(diffs),
         }
-    ref.shutdown()
     return out
+
+
+def format2_root(checkpoint_root: Path) -> Path:
+    """A private root (under `checkpoint_root`, hard links) whose current version is the
+    current one read as checkpoint format 2, or the current one itself where it is format 2."""
+    from service.checkpoint.store import CheckpointRoot
+    from service.checkpoint.variant import publish_head_variant
+
+    base = CheckpointRoot(checkpoint_root).resolve(None, verify_hashes=False)
+    root = CheckpointRoot(checkpoint_root / ".bench-roots" / uuid.uuid4().hex / "root")
+    name = publish_head_variant(root, base, None, format_version=2)
+    root.set_current(name)
+    return root.root
 
 
 def m0_check(runs: list[PathRun]) -> dict[str, float]:
@@ -81,7 +105,7 @@ def layout_spec(spec: str) -> tuple[str, str | None]:
     """`one` or `one:bfloat16`: an engine layout, and the scorer dtype it runs in (None: the
     setting's default; the one engine runs in the scorer dtype)."""
     layout, _, dtype = spec.partition(":")
-    if layout not in ("two", "one"):
+    if layout not in ("two", "one", "fused"):
         raise SystemExit(f"--layouts: unknown engine layout {layout!r} in {spec!r}")
     return layout, dtype or None
 
@@ -94,10 +118,15 @@ def main(args: argparse.Namespace) -> int:
     warm = Workload(make_pairs(4), args.m, args.tokens, args.temperature, args.top_p)
     logs = args.out / "logs"
     runs: list[PathRun] = []
-    with_results: list[tuple[PathRun, list[dict[str, Any]]]] = []
+    with_results: list[tuple[PathRun, list[dict[str, Any]], Path]] = []
     m0_runs: list[PathRun] = []
+    # fused reads a format-2 checkpoint: a copy of the current version (same weights and head).
+    fused_root = format2_root(args.checkpoint_root) if "fused" in args.layouts else None
 
-    def done(run: PathRun, results: list[dict[str, Any]]) -> None:
+    def root_of(spec: str) -> Path:
+        return fused_root if fused_root is not None and spec == "fused" else args.checkpoint_root
+
+    def done(run: PathRun, results: list[dict[str, Any]], root: Path | None = None) -> None:
         print(f"  {run.path:<22} {run.pairs_per_s:8.3f} pairs/s  ({run.wall_s:.1f} s)", flush=True)
         (m0_runs if run.path.startswith("e:") else runs).append(run)
         # Written after every path, so a run cut short keeps what it measured.
@@ -105,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
         partial = [r.summary() for r in runs + m0_runs]
         (args.out / "paths.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
         if not run.path.startswith("e:"):
-            with_results.append((run, results))
+            with_results.append((run, results, root or args.checkpoint_root))
 
     layouts = args.layouts.split(",")
     for spec in layouts if "a" in paths else []:
@@ -113,15 +142,18 @@ def main(args: argparse.Namespace) -> int:
         tag = "" if spec == "two" else f"[{spec}]"
         print(f"a: critic-rm over HTTP, engine layout {spec}", flush=True)
         env = {"CRM_ENGINE_LAYOUT": layout, **({"CRM_SCORER_DTYPE": dtype} if dtype else {})}
-        with path_service.critic_rm_server(args.checkpoint_root, logs, env) as url:
+        root = root_of(layout)
+        with path_service.critic_rm_server(root, logs, env) as url:
             path_service.run(url, warm, mode="single", concurrency=4, batch=1)
             done(
                 *path_service.run(
                     url, w, mode="single", concurrency=args.concurrency, batch=1, tag=tag
-                )
+                ),
+                root,
             )
             done(
-                *path_service.run(url, w, mode="batched", concurrency=1, batch=args.batch, tag=tag)
+                *path_service.run(url, w, mode="batched", concurrency=1, batch=args.batch, tag=tag),
+                root,
             )
             done(
                 *path_service.run(
@@ -131,10 +163,9 @@ def main(args: argparse.Namespace) -> int:
     for spec in layouts if "d" in paths else []:
         layout, dtype = layout_spec(spec)
         print(f"d: engine-only, in-process, engine layout {spec}", flush=True)
-        for run, results in path_engine.run(
-            args.checkpoint_root, w, warm, [w.m, 0], layout, scorer_dtype=dtype
-        ):
-            done(run, results)
+        root = root_of(layout)
+        for run, results in path_engine.run(root, w, warm, [w.m, 0], layout, scorer_dtype=dtype):
+            done(run, results, root)
     if "c" in paths:
         print("c: two `vllm serve` + async client", flush=True)
         for run, results in path_diy.run(
@@ -163,7 +194,9 @@ def main(args: argparse.Namespace) -> int:
             done(*path_naive.run(args.checkpoint_root, sub, warm, dtype, args.naive_batch))
 
     print("reward agreement", flush=True)
-    reference = reference_check(args.checkpoint_root, with_results, w, args.check_pairs)
+    reference = reference_check(with_results, w, args.check_pairs)
+    if fused_root is not None:
+        shutil.rmtree(fused_root.parent, ignore_errors=True)
     m0 = m0_check(m0_runs) if m0_runs else {}
     all_runs = runs + m0_runs
     # Paths computing in bf16 are reported, not held to the float32 tolerance.
@@ -232,9 +265,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--paths", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument(
         "--layouts",
-        default="two,one",
+        default="two,one,fused",
         help="engine layouts of paths a and d (CRM_ENGINE_LAYOUT), side by side; layout:dtype "
-        "sets the scorer dtype too (CRM_SCORER_DTYPE), e.g. two,one,one:bfloat16",
+        "sets the scorer dtype too (CRM_SCORER_DTYPE), e.g. two,one,one:bfloat16; fused runs "
+        "a format-2 copy of the current version (same weights and head)",
     )
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--m", type=int, default=4)

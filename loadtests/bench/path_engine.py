@@ -38,29 +38,32 @@ async def _workload(
         stats.prompt_tokens += gstats.prompt_tokens
         stats.cached_prompt_tokens += gstats.cached_prompt_tokens
     t0 = time.perf_counter()
+    # As the batch runner does: a critique the fused layout read the reward of is not scored.
     sequences: list[list[int]] = []
     for e, crits in zip(encoded, critiques, strict=True):
         if crits:
-            sequences += [fmt.score_ids(e.score_prefix, c.text) for c in crits]
+            sequences += [fmt.critique_score_ids(e, c.text) for c in crits if c.reward is None]
         else:
-            sequences.append(fmt.score_ids(e.score_prefix, None))
+            sequences.append(fmt.critique_score_ids(e, None))
     stages["score_inputs"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rewards, sstats = await rt.scorer.score(sequences)
+    scored: list[float] = []
+    if sequences:
+        scored, sstats = await rt.scorer.score(sequences)
+        stats.prompt_tokens += sstats.prompt_tokens
+        stats.cached_prompt_tokens += sstats.cached_prompt_tokens
     stages["score"] = time.perf_counter() - t0
-    stats.prompt_tokens += sstats.prompt_tokens
-    stats.cached_prompt_tokens += sstats.cached_prompt_tokens
+    fresh = iter(scored)
     results: list[dict[str, Any]] = []
-    pos = 0
     for crits in critiques:
-        k = max(len(crits), 1)
-        mine = rewards[pos : pos + k]
-        pos += k
+        mine = [next(fresh) if c.reward is None else c.reward for c in crits] or [next(fresh)]
         results.append(
             {
                 "reward": statistics.fmean(mine),
                 "critique_rewards": mine if crits else [],
                 "critiques": [c.text for c in crits],
+                # The ids a fused reward was read after: the reference check scores exactly these.
+                "critique_ids": [list(c.token_ids) if c.token_ids else None for c in crits],
             }
         )
     return results, stages, stats

@@ -45,6 +45,8 @@ class Critique:
     first_values: tuple[float, ...] | None = None  # SamplingSpec.read_ids' values, in order
     # Its reward, where the engine read it while generating (the fused layout); else scored.
     reward: float | None = None
+    # The ids that reward was read after (the fused layout), for a parity check on exactly them.
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -137,7 +137,8 @@ class FusedTail:
         if whole and logprobs and self.token in logprobs[-1]:
             reward = float(logprobs[-1][self.token].logprob)
         finish = "stop" if len(body) < budget else "length"
-        return Critique(self.decode(body).strip(), len(body), finish, reward=reward)
+        text = self.decode(body).strip()
+        return Critique(text, len(body), finish, reward=reward, token_ids=tuple(body))
 
 
 class VllmCritiqueGenerator:

@@ -1,6 +1,8 @@
 """`critic-rm train` end to end on a tiny random Llama with the real vLLM engines: data, base,
 critique sampling with constrained judge scores, filter, ranking refinement, joint training,
-export, evaluation, publish; then the published version is loaded and served by the service."""
+export, evaluation, publish; then the published version is loaded and served by the service.
+The first run trains checkpoint format 2 and samples, evaluates and serves on the fused layout
+(one engine reading each reward while it generates); the others run layout two."""
 
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
         "export.name=tiny-critic",
         "engine.max_model_len=512",
         "engine.kv_cache_gib=0.25",
+        "train.format_version=2",
+        "engine.layout=fused",
     ]
     cfg = load_config(None, overrides)
     markers = run_pipeline(cfg)
@@ -97,6 +101,7 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
     version = CheckpointRoot(root).resolve()  # verifies every weight hash
     manifest = version.manifest
     assert manifest.reward_head_trained and (version.path / "READY").is_file()
+    assert manifest.format_version == 2
     assert manifest.metrics["eval"]["by_m"] == evaluated["by_m"]
     assert manifest.metrics["trainer"]["mode"] == "critic"
     assert manifest.reward_stats is not None and math.isfinite(manifest.reward_stats.std)
@@ -109,12 +114,17 @@ def test_train_export_and_serve_a_tiny_critic_rm(tiny_llama: Path, tmp_path: Pat
 
     with (
         run_server(
-            root, tmp_path / "server.log", CRM_MAX_MODEL_LEN="512", CRM_KV_CACHE_GIB="0.25"
+            root,
+            tmp_path / "server.log",
+            CRM_MAX_MODEL_LEN="512",
+            CRM_KV_CACHE_GIB="0.25",
+            CRM_ENGINE_LAYOUT="fused",
         ) as server,
         server.client() as http,
     ):
         info = http.get("/info").json()
         assert info["model_version"] == manifest.model_version
+        assert info["engines"]["layout"] == "fused"
         assert info["reward_head_trained"] is True
         r = http.post(
             "/score",

@@ -102,7 +102,7 @@ def test_a_completion_gives_its_critique_text_and_the_reward_read_at_t() -> None
     tail = _tail(decoded)
     steps = [{T: SimpleNamespace(logprob=-1.0)}] * 4 + [{T: SimpleNamespace(logprob=0.375)}]
     c = tail.critique([7, 8, E, R, T], steps, budget=4)
-    assert c == Critique("7 8", 2, "stop", reward=0.375)
+    assert c == Critique("7 8", 2, "stop", reward=0.375, token_ids=(7, 8))
     c = tail.critique([7, 8, 9, 10, E, R, T], steps, budget=4)
     assert (c.num_tokens, c.finish_reason, c.reward) == (4, "length", 0.375)
     # Cut off by the context before its tail was written: no reward; the scorer scores it.
@@ -151,9 +151,7 @@ def test_the_fused_engine_loads_the_tail_processor(tmp_path: Path) -> None:
 class _FusedGenerator(FakeGenerator):
     """Critiques whose reward the engine read while writing them, but for the last one."""
 
-    async def generate(
-        self, prompts: Any, specs: Any
-    ) -> tuple[list[list[Critique]], EngineStats]:
+    async def generate(self, prompts: Any, specs: Any) -> tuple[list[list[Critique]], EngineStats]:
         outs, stats = await super().generate(prompts, specs)
         read = [[Critique(c.text, c.num_tokens, "stop", reward=1.5) for c in cs] for cs in outs]
         read[-1][-1] = outs[-1][-1]
@@ -166,9 +164,7 @@ def test_the_runner_scores_only_critiques_without_a_reward(
     scorer = FakeScorer()
     runtime = ModelRuntime(default_version, fused_fmt, _FusedGenerator(), scorer, "fused")
     spec = SamplingSpec(2, 0.8, 0.95, 8)
-    items = [
-        WorkItem(runtime, fused_fmt.encode_item(p, "y", 8, 2), spec) for p in ("a", "b", "c")
-    ]
+    items = [WorkItem(runtime, fused_fmt.encode_item(p, "y", 8, 2), spec) for p in ("a", "b", "c")]
     plain = WorkItem(runtime, fused_fmt.encode_item("d", "y", 8, 0), SamplingSpec(0, 1, 1, 8))
     results = asyncio.run(BatchRunner(Metrics()).run(runtime, [*items, plain]))
     assert scorer.calls == [2]  # the last item's second critique, and the m = 0 item
@@ -190,3 +186,34 @@ def test_fused_needs_a_format_2_checkpoint(
     assert load_formatter(v2, fused).fused
     # Same weights, another format: another version.
     assert name != publish_head_variant(root, default_version, None)
+
+
+def test_the_trainer_reads_a_format_2_reward_where_the_fused_engine_does(
+    fused_fmt: PromptFormatter,
+) -> None:
+    from trainer.examples import build_examples
+
+    pair = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "category": "reasoning"}
+    record = {
+        "pair": pair,
+        "chosen_plain": ["It is right."],
+        "rejected_plain": ["It is wrong."],
+        "chosen_train": ["It is right."],
+        "rejected_train": ["It is wrong."],
+    }
+    examples = build_examples(
+        fused_fmt,
+        [record],
+        with_critiques=True,
+        max_critique_tokens=16,
+        max_len=512,
+        reward_inputs=["plain", "sampled"],
+    )
+    item = fused_fmt.encode_item(pair["prompt"], pair["chosen"], 16, 1)
+    plain, sampled = examples[0], examples[1]
+    assert plain.chosen_score == [*item.score_prefix, R]
+    z = fused_fmt.encode("It is right.")
+    assert sampled.chosen_score == item.critique_prompt + z + [E, R]
+    # The critique head learns the very sequence the reward is then read after.
+    assert plain.chosen_lm is not None
+    assert sampled.chosen_score[: len(plain.chosen_lm.ids)] == plain.chosen_lm.ids
