@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,6 +145,19 @@ def test_a_format_1_version_reloads_onto_one_and_back(
         )
         results, got = score(fused_server, 1)
         assert got == name and all(len(x["critique_rewards"]) == 1 for x in results)
+
+
+def test_a_dead_fused_engine_fails_health_and_the_gateway_exits_nonzero(
+    serving_root: CheckpointRoot, fused_version: CheckpointVersion, tmp_path: Path
+) -> None:
+    env = {"CRM_ENGINE_LAYOUT": "fused", "CRM_RELOAD_POLL_S": "0", "CRM_HEALTH_INTERVAL_S": "0.5"}
+    with run_server(serving_root.root, tmp_path / "server.log", **env) as server:
+        info = httpx.get(f"{server.url}/info", timeout=10).json()
+        assert info["engines"]["layout"] == "fused"
+        (core,) = engine_cores(server)
+        core.kill()
+        assert server.process.wait(timeout=60) == 1, server.log_tail()
+        assert "engine failed its health check" in server.log_tail()
 
 
 def test_sigterm_drains_the_fused_engine_then_exits_zero(fused_server: LiveServer) -> None:
