@@ -8,10 +8,7 @@ on one) and back, and a drain on SIGTERM (last: it ends the module's server)."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -25,7 +22,7 @@ from service.engines.factory import load_engines, load_formatter
 from service.engines.torch_scorer import TorchRewardScorer
 from service.engines.vllm_engines import FusedTail, VllmCritiqueGenerator
 from tests.integration.conftest import LiveServer, run_server
-from tests.integration.test_one_engine_http import PAIRS, engine_cores, gone
+from tests.integration.test_one_engine_http import PAIRS, assert_drains, engine_cores
 
 pytestmark = pytest.mark.engine
 
@@ -161,20 +158,4 @@ def test_a_dead_fused_engine_fails_health_and_the_gateway_exits_nonzero(
 
 
 def test_sigterm_drains_the_fused_engine_then_exits_zero(fused_server: LiveServer) -> None:
-    body = {
-        "items": [{"prompt": "Explain rain.", "response": "Water falls."}],
-        "num_critiques": 2,
-        "max_critique_tokens": 48,
-        "use_cache": False,
-    }
-    cores = engine_cores(fused_server)
-    with ThreadPoolExecutor(3) as pool:
-        inflight = [
-            pool.submit(httpx.post, f"{fused_server.url}/score", json=body, timeout=300)
-            for _ in range(3)
-        ]
-        time.sleep(1.0)
-        fused_server.process.send_signal(signal.SIGTERM)
-        assert [f.result().status_code for f in inflight] == [200, 200, 200]
-    assert fused_server.process.wait(timeout=120) == 0, fused_server.log_tail()
-    assert gone(cores), "the engine process outlived the gateway"
+    assert_drains(fused_server)

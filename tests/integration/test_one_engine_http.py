@@ -135,28 +135,33 @@ def test_a_hot_reload_moves_the_rewards_with_the_new_head(
         one_root.set_current(served_version.manifest.model_version)
 
 
-def test_sigterm_drains_the_one_engine_then_exits_zero(one_server: LiveServer) -> None:
+def assert_drains(server: LiveServer) -> None:
+    """SIGTERM with requests in flight: /ready turns 503 and new work is refused, the requests
+    in flight are answered, the gateway exits 0 and its engine process is gone."""
     body = {
         "items": [{"prompt": "Explain rain.", "response": "Water falls."}],
         "num_critiques": 2,
         "max_critique_tokens": 48,
         "use_cache": False,
     }
-    cores = engine_cores(one_server)
+    cores = engine_cores(server)
     with ThreadPoolExecutor(3) as pool:
         inflight = [
-            pool.submit(httpx.post, f"{one_server.url}/score", json=body, timeout=300)
-            for _ in range(3)
+            pool.submit(httpx.post, f"{server.url}/score", json=body, timeout=300) for _ in range(3)
         ]
         time.sleep(1.0)
-        one_server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
-        ready = httpx.get(f"{one_server.url}/ready", timeout=10)
+        ready = httpx.get(f"{server.url}/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
-        assert httpx.post(f"{one_server.url}/score", json=body, timeout=10).status_code == 503
+        assert httpx.post(f"{server.url}/score", json=body, timeout=10).status_code == 503
         assert [f.result().status_code for f in inflight] == [200, 200, 200]
-    assert one_server.process.wait(timeout=120) == 0, one_server.log_tail()
+    assert server.process.wait(timeout=120) == 0, server.log_tail()
     assert gone(cores), "the engine process outlived the gateway"
+
+
+def test_sigterm_drains_the_one_engine_then_exits_zero(one_server: LiveServer) -> None:
+    assert_drains(one_server)
 
 
 def test_a_dead_one_engine_fails_health_and_the_gateway_exits_nonzero(
