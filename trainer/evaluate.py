@@ -19,7 +19,7 @@ from typing import Any
 from service.checkpoint.manifest import MANIFEST_FILE
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion, load_version
 from service.contract.formatting import PromptFormatter
-from service.engines.base import CritiqueGenerator, RewardScorer, SamplingSpec
+from service.engines.base import Critique, CritiqueGenerator, RewardScorer, SamplingSpec
 from service.engines.config import EngineConfig
 from service.engines.factory import load_engines, load_formatter, load_generator, load_scorer
 from trainer.data.pairs import PreferencePair
@@ -102,24 +102,26 @@ async def score_responses(
     else:  # m = 0 only (a standard RM): no critique is sampled, so no generator is started
         scorer = await asyncio.to_thread(load_scorer, version, engine_cfg)
     try:
-        critiques: list[list[str]] = [[] for _ in items]
+        critiques: list[list[Critique]] = [[] for _ in items]
         if generator is not None:
             spec = SamplingSpec(max_m, sampling.temperature, sampling.top_p, tokens)
-            out, _ = await generator.generate([e.critique_prompt for e in enc], [spec] * len(enc))
-            critiques = [[c.text for c in cs] for cs in out]
+            critiques, _ = await generator.generate(
+                [e.critique_prompt for e in enc], [spec] * len(enc)
+            )
+        # As the service: a reward the fused layout read while generating is not rescored.
         seqs = []
         for e, cs in zip(enc, critiques, strict=True):
             seqs.append(fmt.critique_score_ids(e, None))
-            seqs += [fmt.critique_score_ids(e, c) for c in cs]
+            seqs += [fmt.critique_score_ids(e, c.text) for c in cs if c.reward is None]
         flat, _ = await scorer.score(seqs)
     finally:
         if generator is not None:
             generator.shutdown()
         scorer.shutdown()
-    result, pos = [], 0
+    result, fresh = [], iter(flat)
     for cs in critiques:
-        result.append((flat[pos], flat[pos + 1 : pos + 1 + len(cs)]))
-        pos += 1 + len(cs)
+        plain = next(fresh)
+        result.append((plain, [next(fresh) if c.reward is None else c.reward for c in cs]))
     return result
 
 
