@@ -209,9 +209,15 @@ class Settings(BaseSettings):
         return value
 
     def layout(self) -> Literal["two", "one", "fused"]:
-        """The engine layout served, with `auto` resolved for this machine."""
-        if self.engine_layout != "auto":
-            return self.engine_layout
+        """The engine layout served, with `auto` resolved for this machine (a format-1
+        checkpoint runs fused as engine_config().fallback_layout)."""
+        return self._layouts()[0]
+
+    def _layouts(self) -> tuple[Literal["two", "one", "fused"], Literal["two", "one"]]:
+        if self.engine_layout == "two":
+            return "two", "one"
+        if self.engine_layout != "auto":  # explicit: never imports torch (the CUDA check)
+            return self.engine_layout, "one"
         return resolve_layout(
             self.engine_layout,
             self.generator_dtype,
@@ -223,8 +229,9 @@ class Settings(BaseSettings):
 
     def engine_config(self) -> EngineConfig:
         """What the engines are started with (the engine fields of these settings)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
-        fields["engine_layout"] = self.layout()
+        names = [f.name for f in dataclasses.fields(EngineConfig) if f.name != "fallback_layout"]
+        fields = {name: getattr(self, name) for name in names}
+        fields["engine_layout"], fields["fallback_layout"] = self._layouts()
         return EngineConfig(**fields)
 
     def option_limits(self) -> OptionLimits:

@@ -24,6 +24,8 @@ class EngineConfig:
     # two: a generator and a pooling scorer engine; one: one engine, one copy of the weights;
     # fused: that engine, reading a format-2 checkpoint's rewards while generating.
     engine_layout: Literal["two", "one", "fused"] = "two"
+    # Where engine_layout is fused: the layout of a format-1 checkpoint (factory.served_layout).
+    fallback_layout: Literal["two", "one"] = "one"
     scorer_backend: Literal["vllm", "torch"] = "vllm"
     generator_dtype: str = "auto"
     scorer_dtype: str = "float32"

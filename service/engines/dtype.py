@@ -63,20 +63,24 @@ def resolve_layout(
     scorer_backend: str,
     on_cpu: bool,
     flags: frozenset[str],
-) -> Literal["two", "one", "fused"]:
-    """`auto` -> the faster layout whose rewards equal the reference, by what was measured
-    (docs/performance.md, "Engine layouts"): `one` where the generator would run in the
-    scorer's dtype anyway (a CPU without native bf16: 1.06x the pairs/s of two, half the
-    memory and start-up), `two` where critiques can run in bfloat16 beside float32 rewards
-    (one engine in float32 made 0.85x of two's pairs/s on an AVX512-BF16 EPYC; in bfloat16 its
-    rewards drift from the reference). The torch reference scorer needs `two`."""
+) -> tuple[Literal["two", "one", "fused"], Literal["two", "one"]]:
+    """The layout, and the one a format-1 checkpoint runs on where that layout is `fused`
+    (format 1 cannot be read while generating). `auto` -> the fastest layout whose rewards equal
+    the reference, by what was measured (docs/performance.md, "Engine layouts"):
+    - generator and scorer in one dtype (a CPU without native bf16, or both dtypes set alike):
+      fused, else one (one was 1.06x the pairs/s of two on an AVX2 EPYC; fused is one without
+      its scoring pass);
+    - a CPU with native bf16: fused in float32 (1.19x two, whose critiques run in bfloat16, on
+      an AVX512-BF16 EPYC), else two (one in float32 was 0.82x two there);
+    - a GPU with the default dtypes: two, bfloat16 critiques beside float32 rewards (a float32
+      engine would give up the tensor cores' bfloat16 speed).
+    The torch reference scorer needs `two`."""
     if requested == "one":
-        return "one"
+        return "one", "one"
     if requested == "fused":
-        return "fused"
-    if requested == "two":
-        return "two"
-    if scorer_backend != "vllm":
-        return "two"
-    same = resolve_generator_dtype(generator_dtype, on_cpu, flags) == scorer_dtype
-    return "one" if same else "two"
+        return "fused", "one"
+    if requested == "two" or scorer_backend != "vllm":
+        return "two", "one"
+    if resolve_generator_dtype(generator_dtype, on_cpu, flags) == scorer_dtype:
+        return "fused", "one"
+    return ("fused", "two") if on_cpu else ("two", "one")

@@ -4,6 +4,7 @@ here."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,19 @@ ONE_ENGINE = ("one", "fused")
 
 def served_layout(version: CheckpointVersion, config: EngineConfig) -> str:
     """The layout `version` is served on: `fused` needs a checkpoint of format 2 (the reward
-    read after the critique's own ids); a format-1 checkpoint runs on `one` instead."""
+    read after the critique's own ids); a format-1 checkpoint runs on the fallback instead."""
     if config.engine_layout == "fused" and not version.manifest.fused:
-        return "one"
+        return config.fallback_layout
     return config.engine_layout
+
+
+def for_version(version: CheckpointVersion, config: EngineConfig) -> EngineConfig:
+    """`config` with the layout `version` is served on (and so that layout's dtypes)."""
+    layout = served_layout(version, config)
+    if layout == config.engine_layout:
+        return config
+    log.info("%s is checkpoint format 1: served on layout %s", version.path.name, layout)
+    return dataclasses.replace(config, engine_layout=layout)  # type: ignore[arg-type]
 
 
 def load_formatter(
@@ -51,6 +61,7 @@ def load_generator(version: CheckpointVersion, config: EngineConfig) -> Critique
     from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
+    config = for_version(version, config)
     if config.engine_layout in ONE_ENGINE:
         return _load_one(version, config, load_formatter(version, config))[0]
     return _load_generator(version, config)
@@ -62,6 +73,7 @@ def load_scorer(version: CheckpointVersion, config: EngineConfig) -> RewardScore
     from service.engines.vllm_engines import VllmLogitScorer, configure_cpu_env
 
     configure_cpu_env(config)
+    config = for_version(version, config)
     if config.engine_layout in ONE_ENGINE:
         _, scorer = _load_one(version, config, load_formatter(version, config))
         return VllmLogitScorer(scorer.engine, scorer.token, owns_engine=True)
@@ -82,14 +94,12 @@ def _load_one(
     token = formatter.reward_logit_id()
     log.info("one engine: the reward is token %d's logit", token)
     fused = None
-    if served_layout(version, config) == "fused":
+    if config.engine_layout == "fused":  # for_version: a format-2 checkpoint
         tokenizer = formatter.tokenizer
         fused = FusedTail(
             tail=(*formatter.fused_tail, token),
             decode=lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
         )
-    elif config.engine_layout == "fused":
-        log.warning("%s is checkpoint format 1: served on layout one", version.path.name)
     return load_one_engine(version.scorer_path, config, token, fused)
 
 
@@ -118,6 +128,7 @@ async def load_engines(
     from service.engines.vllm_engines import configure_cpu_env
 
     configure_cpu_env(config)
+    config = for_version(version, config)
     if config.engine_layout in ONE_ENGINE:
         return await asyncio.to_thread(_load_one, version, config, formatter)
     gen_task = asyncio.ensure_future(asyncio.to_thread(_load_generator, version, config))

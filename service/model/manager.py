@@ -161,6 +161,8 @@ class ModelManager:
                 self._record_failed_load(target, previous, exc)
                 raise
             old, self.runtime = self.runtime, runtime
+            if runtime.generator_dtype is not None:  # a format-1 checkpoint may fall back
+                self.generator_dtype = runtime.generator_dtype
             m = runtime.manifest
             self.metrics.set_model(
                 m.model_version, m.base_model, m.reward_head_trained, runtime.layout

@@ -12,7 +12,8 @@ from service.checkpoint.manifest import Manifest
 from service.checkpoint.store import CheckpointRoot, CheckpointVersion
 from service.contract.formatting import PromptFormatter
 from service.engines.base import CritiqueGenerator, RewardScorer
-from service.engines.factory import load_engines, load_formatter, served_layout
+from service.engines.dtype import generator_dtype
+from service.engines.factory import for_version, load_engines, load_formatter
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class ModelRuntime:
     generator: CritiqueGenerator
     scorer: RewardScorer
     layout: str = "two"  # the engine layout it is served on (factory.served_layout)
+    generator_dtype: str | None = None  # its critiques' dtype, `auto` resolved (None: unknown)
     active: int = field(default=0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -89,4 +91,6 @@ async def load_runtime(settings: Settings, version: str | None = None) -> ModelR
     config = settings.engine_config()
     formatter = await asyncio.to_thread(load_formatter, ckpt, config)
     generator, scorer = await load_engines(ckpt, config, formatter)
-    return ModelRuntime(ckpt, formatter, generator, scorer, served_layout(ckpt, config))
+    served = for_version(ckpt, config)
+    dtype = await asyncio.to_thread(generator_dtype, served)
+    return ModelRuntime(ckpt, formatter, generator, scorer, served.engine_layout, dtype)

@@ -68,31 +68,55 @@ def test_one_engine_one_dtype() -> None:
     assert generator_dtype(EngineConfig(generator_dtype="bfloat16")) == "bfloat16"
 
 
-def test_the_auto_layout_is_one_only_where_the_generator_would_run_in_the_scorer_dtype(
+def test_the_auto_layout_is_the_fastest_measured_one_engine_where_rewards_stay_float32(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from service.engines.dtype import resolve_layout
 
     avx2, bf16 = frozenset({"avx2"}), frozenset({"avx2", "avx512_bf16"})
-    # CPU without native bf16: both engines would run float32, so one engine.
-    assert resolve_layout("auto", "auto", "float32", "vllm", True, avx2) == "one"
-    # Native bf16 (CPU or GPU): bf16 critiques beside float32 rewards, two engines.
-    assert resolve_layout("auto", "auto", "float32", "vllm", True, bf16) == "two"
-    assert resolve_layout("auto", "auto", "float32", "vllm", False, avx2) == "two"
-    # Both dtypes set alike (the 70B example's bfloat16): one.
-    assert resolve_layout("auto", "bfloat16", "bfloat16", "vllm", False, avx2) == "one"
+    # CPU without native bf16: both engines would run float32, so one engine; fused where the
+    # checkpoint is format 2, one where it is format 1.
+    assert resolve_layout("auto", "auto", "float32", "vllm", True, avx2) == ("fused", "one")
+    # CPU with native bf16: fused (float32) for format 2, two (bf16 critiques) for format 1.
+    assert resolve_layout("auto", "auto", "float32", "vllm", True, bf16) == ("fused", "two")
+    # GPU with the default dtypes: two; both dtypes set alike (the 70B example): one engine.
+    assert resolve_layout("auto", "auto", "float32", "vllm", False, avx2) == ("two", "one")
+    assert resolve_layout("auto", "bfloat16", "bfloat16", "vllm", False, avx2) == ("fused", "one")
     # The torch reference scorer has no one-engine form; an explicit layout is kept.
-    assert resolve_layout("auto", "auto", "float32", "torch", True, avx2) == "two"
-    assert resolve_layout("two", "auto", "float32", "vllm", True, avx2) == "two"
-    assert resolve_layout("one", "auto", "float32", "vllm", True, bf16) == "one"
+    assert resolve_layout("auto", "auto", "float32", "torch", True, avx2)[0] == "two"
+    assert resolve_layout("two", "auto", "float32", "vllm", True, avx2)[0] == "two"
+    assert resolve_layout("one", "auto", "float32", "vllm", True, bf16)[0] == "one"
+    assert resolve_layout("fused", "auto", "float32", "vllm", True, bf16) == ("fused", "one")
 
     monkeypatch.setattr("service.settings.cpu_flags", lambda: avx2)
     monkeypatch.setattr("service.settings.cuda_available", lambda: False)
     settings = Settings(checkpoint_root=tmp_path)
     assert settings.engine_layout == "auto"
-    assert settings.layout() == "one" and settings.engine_config().engine_layout == "one"
+    config = settings.engine_config()
+    assert settings.layout() == "fused" and (config.engine_layout, config.fallback_layout) == (
+        "fused",
+        "one",
+    )
     monkeypatch.setattr("service.settings.cpu_flags", lambda: bf16)
-    assert Settings(checkpoint_root=tmp_path).engine_config().engine_layout == "two"
+    assert Settings(checkpoint_root=tmp_path).engine_config().fallback_layout == "two"
+    assert Settings(
+        checkpoint_root=tmp_path, engine_layout="two"
+    ).engine_config().engine_layout == ("two")
+
+
+def test_a_format_1_checkpoint_runs_fused_as_the_fallback_in_its_dtypes(
+    default_version: CheckpointVersion,
+) -> None:
+    from service.engines.factory import for_version, served_layout
+
+    auto_bf16 = EngineConfig(
+        engine_layout="fused", fallback_layout="two", generator_dtype="bfloat16"
+    )
+    served = for_version(default_version, auto_bf16)
+    assert served.engine_layout == served_layout(default_version, auto_bf16) == "two"
+    assert generator_dtype(served) == "bfloat16"  # two's critiques keep their own dtype
+    assert generator_dtype(auto_bf16) == "float32"  # the one engine's: the scorer's
+    assert for_version(default_version, EngineConfig(engine_layout="one")).engine_layout == "one"
 
 
 def test_critique_requests_never_sample_the_reserved_token() -> None:
