@@ -43,9 +43,10 @@ class Settings(BaseSettings):
         description="two: a generator engine and a pooling scorer engine (two copies of the "
         "weights); one: one generate engine whose reserved token's logit is the reward (one "
         "copy, the scorer's dtype); fused: that engine reading the reward while it generates "
-        "the critique (checkpoint format 2; a format-1 checkpoint is served on one); auto: one "
-        "where the generator would run in the scorer's dtype anyway (CPUs without native "
-        "bf16), else two (/info says which).",
+        "the critique (checkpoint format 2; a format-1 checkpoint is served on one); auto: "
+        "fused on CPUs and where both dtypes match, a format-1 checkpoint then on one where "
+        "the generator would run in the scorer's dtype anyway, else two; two on GPUs with the "
+        "default dtypes (/info says which).",
     )
     generator_backend: Literal["vllm"] = Field("vllm", description="Critique generator engine.")
     scorer_backend: Literal["vllm", "torch"] = Field(
