@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ms", default="0,1,2,4,8", help="comma-separated m values")
     ev.add_argument("--max-pairs", type=int, default=None)
     ev.add_argument("--max-model-len", type=int, default=2048)
-    ev.add_argument("--engine-layout", choices=["two", "one"], default="two")
+    ev.add_argument("--engine-layout", choices=["two", "one", "fused"], default="two")
     ev.add_argument("--out", default="eval-results")
     ev.set_defaults(func=_eval)
 
