@@ -159,8 +159,9 @@ def test_grounded_sampling_on_the_real_engine(
     started: list[int] = []
     real_load_one = vllm_engines.load_one_engine
 
-    def load_one(model: Path, config: object, token: int) -> object:
+    def load_one(model: Path, config: object, token: int, fused: object = None) -> object:
         started.append(token)
+        assert fused is None  # layout one: no fused tail
         return real_load_one(model, config, token)  # type: ignore[arg-type]
 
     monkeypatch.setattr(vllm_engines, "load_one_engine", load_one)
