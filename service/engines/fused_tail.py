@@ -25,7 +25,8 @@ def forced_token(output_ids: Sequence[int], budget: int, tail: Sequence[int]) ->
     where the critique sampled tail[0] (the end of turn) within its budget, else at the budget."""
     n = len(output_ids)
     try:
-        start = list(output_ids[: min(n, budget)]).index(tail[0])
+        # Searched in place: this runs for every request at every decode step.
+        start = output_ids.index(tail[0], 0, min(n, budget))
     except ValueError:
         if n < budget:
             return None
